@@ -1,0 +1,143 @@
+//! A batch of writes waiting to be flushed: at most one entry per id (the newest version
+//! wins), with the sizes and age that decide when it is flushed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::config::SyncEngineConfig;
+use crate::tier::Op;
+
+/// One accepted write and where it goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub op: Op,
+    /// Goes to the durable tier (false: cache-only).
+    pub sql: bool,
+    /// TTL of cached copies.
+    pub ttl: Option<Duration>,
+}
+
+/// When a batch is flushed: whichever limit is reached first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_age: Duration,
+    pub max_count: usize,
+    pub max_bytes: usize,
+}
+
+impl From<&SyncEngineConfig> for Limits {
+    fn from(c: &SyncEngineConfig) -> Self {
+        Limits {
+            max_age: Duration::from_millis(c.batch_flush_ms),
+            max_count: c.batch_flush_count,
+            max_bytes: c.batch_flush_bytes,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Batch {
+    entries: HashMap<String, Entry>,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl Batch {
+    /// Adds a write. An entry for the same id is replaced unless it has a higher version
+    /// (with engine-assigned versions the later op is always the higher one).
+    pub(crate) fn push(&mut self, entry: Entry) {
+        self.oldest.get_or_insert_with(Instant::now);
+        let id = entry.op.id().to_string();
+        match self.entries.get(&id) {
+            Some(old) if old.op.version() > entry.op.version() => {}
+            old => {
+                self.bytes -= old.map_or(0, |o| o.op.payload_len());
+                self.bytes += entry.op.payload_len();
+                self.entries.insert(id, entry);
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// When the batch must be flushed by age, if it holds anything.
+    pub(crate) fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        self.oldest.map(|t| t + limits.max_age)
+    }
+
+    pub(crate) fn is_full(&self, limits: &Limits) -> bool {
+        self.entries.len() >= limits.max_count || self.bytes >= limits.max_bytes
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<Entry> {
+        self.bytes = 0;
+        self.oldest = None;
+        self.entries.drain().map(|(_, e)| e).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::item::SyncItem;
+    use std::sync::Arc;
+
+    fn put(id: &str, version: u64, len: usize) -> Entry {
+        let item = SyncItem::new(id.into(), vec![1; len]).with_version(version);
+        Entry {
+            op: Op::Put(Arc::new(item)),
+            sql: true,
+            ttl: None,
+        }
+    }
+
+    fn delete(id: &str, version: u64) -> Entry {
+        Entry {
+            op: Op::Delete {
+                id: id.into(),
+                version,
+                source: Arc::from("local"),
+            },
+            sql: true,
+            ttl: None,
+        }
+    }
+
+    #[test]
+    fn newest_op_per_id_wins() {
+        let mut batch = Batch::default();
+        batch.push(put("a", 1, 10));
+        batch.push(delete("a", 2));
+        batch.push(put("b", 3, 10));
+        batch.push(put("b", 2, 99)); // an older replay does not win
+        let mut entries = batch.take();
+        entries.sort_by(|x, y| x.op.id().cmp(y.op.id()));
+        assert!(matches!(entries[0].op, Op::Delete { version: 2, .. }));
+        assert_eq!(entries[1].op.version(), 3);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn full_by_count_or_bytes() {
+        let limits = Limits {
+            max_age: Duration::from_secs(1),
+            max_count: 3,
+            max_bytes: 100,
+        };
+        let mut batch = Batch::default();
+        batch.push(put("a", 1, 40));
+        batch.push(put("b", 1, 40));
+        assert!(!batch.is_full(&limits));
+        batch.push(put("a", 2, 10)); // replaces a: 50 bytes, 2 entries
+        assert!(!batch.is_full(&limits));
+        batch.push(put("c", 1, 50));
+        assert!(batch.is_full(&limits));
+        assert!(batch.deadline(&limits).is_some());
+    }
+}

@@ -1,0 +1,435 @@
+//! `SyncEngine`: the library API over L1 and the durable tier.
+//!
+//! Writes (`submit*`, `delete*`) are validated, stamped with a version, recorded in L1 and
+//! queued for the writer task; they return once *accepted*, not once durable. Call
+//! [`SyncEngine::flush`] to wait until everything submitted before it is durable;
+//! [`SyncEngine::shutdown`] flushes everything. Reads go L1 → L3 and warm L1.
+//! Range operations (`set_state`, `delete_prefix`, `delete_by_state`) run in queue order and
+//! return when committed; range queries (`scan_prefix`, `get_by_state`, counts) first wait
+//! for pending writes, so they see everything submitted before them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::batch::Entry;
+use crate::config::SyncEngineConfig;
+use crate::error::{Result, SyncError};
+use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
+use crate::l1::{L1Stats, Lookup, Pending, L1};
+use crate::options::SubmitOptions;
+use crate::tier::memory::MemoryTier;
+use crate::tier::sql::SqlTier;
+use crate::tier::{DurableTier, Op};
+use crate::writer::{Command, Writer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineState {
+    Created,
+    Running,
+    Stopped,
+}
+
+/// How full L1 is, from [`SyncEngine::pressure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BackpressureLevel {
+    Normal,
+    /// At or over `backpressure_warn`.
+    Warn,
+    /// At or over `backpressure_critical`: submits are about to wait.
+    Critical,
+}
+
+/// Hands out versions and queues commands under one lock, so queue order is version order.
+struct Sequencer {
+    clock: u64,
+    queue: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl Sequencer {
+    /// A pinned version is kept (and moves the clock forward); otherwise the next tick of a
+    /// microsecond clock that never repeats or goes backwards.
+    fn version(&mut self, pinned: u64) -> u64 {
+        if pinned > 0 {
+            self.clock = self.clock.max(pinned);
+            return pinned;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.clock = (self.clock + 1).max(now);
+        self.clock
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.queue.as_ref().map(|_| ()).ok_or(SyncError::NotRunning)
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        let queue = self.queue.as_ref().ok_or(SyncError::NotRunning)?;
+        queue.send(command).map_err(|_| SyncError::NotRunning)
+    }
+}
+
+pub struct SyncEngine {
+    config: SyncEngineConfig,
+    config_rx: watch::Receiver<SyncEngineConfig>,
+    l1: Arc<L1>,
+    tier: Option<Arc<dyn DurableTier>>,
+    sequencer: Mutex<Sequencer>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    state: watch::Sender<EngineState>,
+    max_payload_bytes: usize,
+    source: Arc<str>,
+}
+
+impl SyncEngine {
+    /// A stopped engine; [`SyncEngine::start`] connects. Batch limits are re-read from
+    /// `config_rx` while running, so they can be tuned live.
+    pub fn new(config: SyncEngineConfig, config_rx: watch::Receiver<SyncEngineConfig>) -> Self {
+        let l1 = Arc::new(L1::new(config.l1_max_bytes, config.backpressure_critical));
+        SyncEngine {
+            max_payload_bytes: config.max_payload_bytes,
+            config,
+            config_rx,
+            l1,
+            tier: None,
+            sequencer: Mutex::new(Sequencer {
+                clock: 0,
+                queue: None,
+            }),
+            writer: Mutex::new(None),
+            state: watch::channel(EngineState::Created).0,
+            source: Arc::from(LOCAL_SOURCE),
+        }
+    }
+
+    /// An engine over a tier you built (e.g. [`MemoryTier`] in tests) instead of `sql_url`.
+    pub fn with_tier(
+        config: SyncEngineConfig,
+        config_rx: watch::Receiver<SyncEngineConfig>,
+        tier: Arc<dyn DurableTier>,
+    ) -> Self {
+        let mut engine = Self::new(config, config_rx);
+        engine.tier = Some(tier);
+        engine
+    }
+
+    /// Connects the durable tier (applying migrations) and starts the writer.
+    pub async fn start(&mut self) -> Result<()> {
+        if *self.state.borrow() != EngineState::Created {
+            return Err(SyncError::Config("start() may be called once".into()));
+        }
+        self.config.validate()?;
+        let tier: Arc<dyn DurableTier> = match (&self.tier, &self.config.sql_url) {
+            (Some(tier), _) => tier.clone(),
+            (None, Some(url)) => {
+                let sql = SqlTier::connect(url).await?;
+                info!(backend = sql.backend(), "L3 connected, migrations applied");
+                Arc::new(sql)
+            }
+            (None, None) => {
+                warn!("no sql_url: L3 is in memory and nothing survives this process");
+                Arc::new(MemoryTier::new())
+            }
+        };
+        if let Some(limit) = tier.payload_limit().filter(|l| *l < self.max_payload_bytes) {
+            warn!(
+                configured = self.max_payload_bytes,
+                limit,
+                "max_payload_bytes lowered to what the SQL server accepts (max_allowed_packet)"
+            );
+            self.max_payload_bytes = limit;
+        }
+        let clock = tier.max_version().await?;
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let writer = Writer {
+            queue: receiver,
+            tier: tier.clone(),
+            l1: self.l1.clone(),
+            config: self.config_rx.clone(),
+        };
+        *self.writer.lock().expect("writer lock") = Some(tokio::spawn(writer.run()));
+        *self.sequencer.lock().expect("sequencer lock") = Sequencer {
+            clock,
+            queue: Some(queue),
+        };
+        self.tier = Some(tier);
+        self.state.send_replace(EngineState::Running);
+        Ok(())
+    }
+
+    /// Stops accepting writes, makes everything accepted durable, and stops the writer.
+    pub async fn shutdown(&self) {
+        self.sequencer.lock().expect("sequencer lock").queue = None;
+        let writer = self.writer.lock().expect("writer lock").take();
+        if let Some(writer) = writer {
+            if let Err(e) = writer.await {
+                warn!(error = %e, "writer task ended abnormally");
+            }
+        }
+        self.state.send_replace(EngineState::Stopped);
+    }
+
+    pub fn state(&self) -> EngineState {
+        *self.state.borrow()
+    }
+
+    /// Submits with the default options (Redis + SQL). Accepted, not yet durable.
+    pub async fn submit(&self, item: SyncItem) -> Result<()> {
+        self.submit_with(item, SubmitOptions::default()).await
+    }
+
+    pub async fn submit_with(&self, mut item: SyncItem, options: SubmitOptions) -> Result<()> {
+        if let Some(state) = options.state {
+            item.set_state(state);
+        }
+        validate_id(item.id())?;
+        validate_state(item.state())?;
+        if item.content().len() > self.max_payload_bytes {
+            return Err(SyncError::PayloadTooLarge {
+                id: item.id().to_string(),
+                size: item.content().len(),
+                max: self.max_payload_bytes,
+            });
+        }
+        self.tier()?;
+        self.l1.wait_for_room(item.mem_size()).await;
+        let ttl = options.redis_ttl.map(|t| t.as_duration());
+        let mut sequencer = self.sequencer.lock().expect("sequencer lock");
+        sequencer.check_open()?;
+        let version = sequencer.version(item.version());
+        item.set_version(version);
+        let item = Arc::new(item.with_source(self.source.clone()));
+        // L1 first: once queued, the writer may settle the op at any moment
+        self.l1.accept(item.id(), Pending::Put(item.clone()));
+        sequencer.send(Command::Write(Entry {
+            op: Op::Put(item),
+            sql: options.sql,
+            ttl,
+        }))
+    }
+
+    /// Submits each item in order; stops at the first invalid one (those before it stay
+    /// accepted).
+    pub async fn submit_many(&self, items: Vec<SyncItem>) -> Result<()> {
+        for item in items {
+            self.submit(item).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `id`. Accepted, not yet durable; ordered after every earlier write.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        self.delete_at(id, 0).await
+    }
+
+    /// Deletes `id` at a pinned `version` (0: the engine's clock). A delete older than the
+    /// stored item changes nothing.
+    pub async fn delete_at(&self, id: &str, version: u64) -> Result<()> {
+        validate_id(id)?;
+        self.tier()?;
+        self.l1.wait_for_room(id.len() + 64).await;
+        let mut sequencer = self.sequencer.lock().expect("sequencer lock");
+        sequencer.check_open()?;
+        let version = sequencer.version(version);
+        self.l1.accept(id, Pending::Delete { version });
+        let op = Op::Delete {
+            id: id.to_string(),
+            version,
+            source: self.source.clone(),
+        };
+        sequencer.send(Command::Write(Entry {
+            op,
+            sql: true,
+            ttl: None,
+        }))
+    }
+
+    pub async fn delete_many(&self, ids: &[&str]) -> Result<()> {
+        for id in ids {
+            self.delete(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything submitted before this call is durable.
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.sequencer
+            .lock()
+            .expect("sequencer lock")
+            .send(Command::Flush(reply))?;
+        done.await.map_err(|_| SyncError::NotRunning)
+    }
+
+    /// The item as last submitted (pending or durable), from L1 or L3.
+    pub async fn get(&self, id: &str) -> Result<Option<SyncItem>> {
+        let tier = self.tier()?;
+        match self.l1.lookup(id) {
+            Lookup::Found(item) => return Ok(Some((*item).clone())),
+            Lookup::Deleted => return Ok(None),
+            Lookup::Unknown => {}
+        }
+        let epoch = self.l1.epoch();
+        let found = tier.get(id).await?;
+        if let Some(item) = &found {
+            self.l1.warm(item.clone(), epoch);
+        }
+        Ok(found)
+    }
+
+    /// Like `get`, and checks the content against the stored hash (`SyncError::Corrupt`).
+    pub async fn get_verified(&self, id: &str) -> Result<Option<SyncItem>> {
+        let item = self.get(id).await?;
+        if let Some(item) = &item {
+            item.verify()?;
+        }
+        Ok(item)
+    }
+
+    /// One answer per id, in order; L3 is asked once for all L1 misses.
+    pub async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
+        let tier = self.tier()?;
+        let mut answers: Vec<Option<SyncItem>> = Vec::with_capacity(ids.len());
+        let mut misses: Vec<(usize, &str)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            answers.push(match self.l1.lookup(id) {
+                Lookup::Found(item) => Some((*item).clone()),
+                Lookup::Deleted => None,
+                Lookup::Unknown => {
+                    misses.push((i, id));
+                    None
+                }
+            });
+        }
+        if !misses.is_empty() {
+            let epoch = self.l1.epoch();
+            let wanted: Vec<&str> = misses.iter().map(|(_, id)| *id).collect();
+            for ((i, _), found) in misses.iter().zip(tier.get_many(&wanted).await?) {
+                if let Some(item) = &found {
+                    self.l1.warm(item.clone(), epoch);
+                }
+                answers[*i] = found;
+            }
+        }
+        Ok(answers)
+    }
+
+    pub async fn contains(&self, id: &str) -> Result<bool> {
+        let tier = self.tier()?;
+        match self.l1.lookup(id) {
+            Lookup::Found(_) => Ok(true),
+            Lookup::Deleted => Ok(false),
+            Lookup::Unknown => tier.contains(id).await,
+        }
+    }
+
+    /// Up to `limit` durable items in `state`, by id.
+    pub async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        self.flush().await?;
+        self.tier()?.get_by_state(state, limit).await
+    }
+
+    pub async fn count_by_state(&self, state: &str) -> Result<u64> {
+        self.flush().await?;
+        self.tier()?.count_by_state(state).await
+    }
+
+    /// Changes the state of `id` on every tier; false when there is no such item.
+    pub async fn set_state(&self, id: &str, state: &str) -> Result<bool> {
+        validate_id(id)?;
+        validate_state(state)?;
+        self.ranged(|version, reply| Command::SetState {
+            id: id.to_string(),
+            state: state.to_string(),
+            version,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes every item in `state`; returns how many durable items it deleted.
+    pub async fn delete_by_state(&self, state: &str) -> Result<u64> {
+        validate_state(state)?;
+        self.ranged(|version, reply| Command::DeleteByState {
+            state: state.to_string(),
+            version,
+            reply,
+        })
+        .await
+    }
+
+    /// Up to `limit` durable items whose id starts with `prefix` (byte-wise; `%`, `_` and `\`
+    /// are ordinary characters), by id.
+    pub async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        self.flush().await?;
+        self.tier()?.scan_prefix(prefix, limit).await
+    }
+
+    pub async fn count_prefix(&self, prefix: &str) -> Result<u64> {
+        self.flush().await?;
+        self.tier()?.count_prefix(prefix).await
+    }
+
+    /// Deletes every item whose id starts with `prefix`; returns how many durable items it
+    /// deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.ranged(|version, reply| Command::DeletePrefix {
+            prefix: prefix.to_string(),
+            version,
+            reply,
+        })
+        .await
+    }
+
+    /// Cached plus pending bytes over `l1_max_bytes` (0.0 = empty).
+    pub fn memory_pressure(&self) -> f64 {
+        self.l1.memory_pressure()
+    }
+
+    pub fn pressure(&self) -> BackpressureLevel {
+        let p = self.memory_pressure();
+        if p >= self.config.backpressure_critical {
+            BackpressureLevel::Critical
+        } else if p >= self.config.backpressure_warn {
+            BackpressureLevel::Warn
+        } else {
+            BackpressureLevel::Normal
+        }
+    }
+
+    pub fn l1_stats(&self) -> L1Stats {
+        self.l1.stats()
+    }
+
+    /// Drops every committed item from L1 (pending writes stay), so reads go to lower tiers.
+    pub fn clear_l1(&self) {
+        self.l1.clear_cache();
+    }
+
+    fn tier(&self) -> Result<&Arc<dyn DurableTier>> {
+        match (&self.tier, self.state()) {
+            (Some(tier), EngineState::Running) => Ok(tier),
+            _ => Err(SyncError::NotRunning),
+        }
+    }
+
+    /// Queues a range command with a fresh version and waits for its reply.
+    async fn ranged<T>(
+        &self,
+        command: impl FnOnce(u64, oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        self.tier()?;
+        let (reply, done) = oneshot::channel();
+        {
+            let mut sequencer = self.sequencer.lock().expect("sequencer lock");
+            let version = sequencer.version(0);
+            sequencer.send(command(version, reply))?;
+        }
+        done.await.map_err(|_| SyncError::NotRunning)?
+    }
+}

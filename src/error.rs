@@ -1,0 +1,77 @@
+//! Typed errors of the library, each classified so callers (and the sidecar) know what to do:
+//! retry later, reject the input, or stop.
+
+use thiserror::Error;
+
+/// What a caller should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A backend is unreachable or busy; the same call may succeed later.
+    Retryable,
+    /// The input itself is wrong; retrying the same input fails again.
+    Data,
+    /// The engine is misconfigured or not running; needs an operator.
+    Fatal,
+}
+
+#[derive(Debug, Error)]
+pub enum SyncError {
+    #[error("invalid id {id:?}: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+
+    #[error("invalid state {state:?}: {reason}")]
+    InvalidState { state: String, reason: &'static str },
+
+    #[error("payload of {id:?} is {size} bytes, over the limit of {max} bytes")]
+    PayloadTooLarge { id: String, size: usize, max: usize },
+
+    #[error("content of {id:?} does not match its hash: stored {stored}, computed {computed}")]
+    Corrupt {
+        id: String,
+        stored: String,
+        computed: String,
+    },
+
+    #[error("the engine is not running (start() it first, or it was shut down)")]
+    NotRunning,
+
+    #[error("configuration: {0}")]
+    Config(String),
+
+    #[error("SQL tier: {0}")]
+    Sql(#[from] sqlx::Error),
+
+    #[error("SQL migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl SyncError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SyncError::InvalidId { .. }
+            | SyncError::InvalidState { .. }
+            | SyncError::PayloadTooLarge { .. }
+            | SyncError::Corrupt { .. } => ErrorClass::Data,
+            SyncError::NotRunning | SyncError::Config(_) | SyncError::Migrate(_) => {
+                ErrorClass::Fatal
+            }
+            SyncError::Sql(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => ErrorClass::Retryable,
+                // Deadlocks, lock wait timeouts and "database is locked" are worth a retry;
+                // constraint or syntax errors are not.
+                sqlx::Error::Database(db) => match db.code().as_deref() {
+                    Some("40001") | Some("HY000") | Some("5") | Some("6") => ErrorClass::Retryable,
+                    _ => ErrorClass::Fatal,
+                },
+                _ => ErrorClass::Fatal,
+            },
+        }
+    }
+}
+
+pub type Result<T, E = SyncError> = std::result::Result<T, E>;

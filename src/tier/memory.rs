@@ -1,0 +1,177 @@
+//! An in-memory durable tier with the same semantics as the SQL one (version guard,
+//! tombstones, byte-ordered prefix scans). For fast tests and `sql_url = None`; it keeps
+//! nothing across restarts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{prefix_upper_bound, DurableTier, Op};
+use crate::error::Result;
+use crate::item::SyncItem;
+
+#[derive(Default)]
+struct Tables {
+    items: BTreeMap<Vec<u8>, Arc<SyncItem>>,
+    tombstones: BTreeMap<Vec<u8>, u64>,
+}
+
+impl Tables {
+    fn stored_version(&self, id: &[u8]) -> Option<u64> {
+        let live = self.items.get(id).map(|i| i.version());
+        let dead = self.tombstones.get(id).copied();
+        live.max(dead)
+    }
+
+    fn under_prefix<'a>(&'a self, prefix: &str) -> impl Iterator<Item = &'a Arc<SyncItem>> + 'a {
+        let start = prefix.as_bytes().to_vec();
+        let end = prefix_upper_bound(prefix.as_bytes());
+        self.items
+            .range(start..)
+            .take_while(move |(k, _)| end.as_ref().is_none_or(|e| k.as_slice() < e.as_slice()))
+            .map(|(_, v)| v)
+    }
+
+    fn tombstone_where(&mut self, version: u64, keep: impl Fn(&SyncItem) -> bool) -> u64 {
+        let doomed: Vec<Vec<u8>> = self
+            .items
+            .iter()
+            .filter(|(_, item)| !keep(item) && item.version() < version)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &doomed {
+            self.items.remove(key);
+            let t = self.tombstones.entry(key.clone()).or_default();
+            *t = (*t).max(version);
+        }
+        doomed.len() as u64
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryTier {
+    tables: Mutex<Tables>,
+}
+
+impl MemoryTier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().expect("memory tier lock poisoned")
+    }
+}
+
+#[async_trait]
+impl DurableTier for MemoryTier {
+    async fn apply(&self, ops: &[Op]) -> Result<Vec<bool>> {
+        let mut t = self.lock();
+        Ok(ops
+            .iter()
+            .map(|op| {
+                let key = op.id().as_bytes().to_vec();
+                if t.stored_version(&key).is_some_and(|v| v >= op.version()) {
+                    return false;
+                }
+                match op {
+                    Op::Put(item) => {
+                        t.tombstones.remove(&key);
+                        t.items.insert(key, item.clone());
+                    }
+                    Op::Delete { version, .. } => {
+                        t.items.remove(&key);
+                        t.tombstones.insert(key, *version);
+                    }
+                }
+                true
+            })
+            .collect())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SyncItem>> {
+        Ok(self.lock().items.get(id.as_bytes()).map(|i| (**i).clone()))
+    }
+
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
+        let t = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| t.items.get(id.as_bytes()).map(|i| (**i).clone()))
+            .collect())
+    }
+
+    async fn contains(&self, id: &str) -> Result<bool> {
+        Ok(self.lock().items.contains_key(id.as_bytes()))
+    }
+
+    async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        let t = self.lock();
+        Ok(t.under_prefix(prefix)
+            .take(limit)
+            .map(|i| (**i).clone())
+            .collect())
+    }
+
+    async fn count_prefix(&self, prefix: &str) -> Result<u64> {
+        Ok(self.lock().under_prefix(prefix).count() as u64)
+    }
+
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<u64> {
+        let prefix = prefix.to_string();
+        Ok(self
+            .lock()
+            .tombstone_where(version, |item| !item.id().starts_with(&prefix)))
+    }
+
+    async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        let t = self.lock();
+        Ok(t.items
+            .values()
+            .filter(|i| i.state() == state)
+            .take(limit)
+            .map(|i| (**i).clone())
+            .collect())
+    }
+
+    async fn count_by_state(&self, state: &str) -> Result<u64> {
+        Ok(self
+            .lock()
+            .items
+            .values()
+            .filter(|i| i.state() == state)
+            .count() as u64)
+    }
+
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<u64> {
+        Ok(self
+            .lock()
+            .tombstone_where(version, |item| item.state() != state))
+    }
+
+    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
+        let mut t = self.lock();
+        match t.items.get_mut(id.as_bytes()) {
+            Some(item) if item.version() < version => {
+                let mut updated = (**item).clone();
+                updated.set_state(state.to_string());
+                updated.set_version(version);
+                *item = Arc::new(updated);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn max_version(&self) -> Result<u64> {
+        let t = self.lock();
+        let live = t.items.values().map(|i| i.version()).max().unwrap_or(0);
+        let dead = t.tombstones.values().copied().max().unwrap_or(0);
+        Ok(live.max(dead))
+    }
+
+    fn payload_limit(&self) -> Option<usize> {
+        None
+    }
+}

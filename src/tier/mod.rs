@@ -1,0 +1,119 @@
+//! The durable tier (L3) behind one small trait, with a SQL implementation (MySQL/MariaDB and
+//! SQLite) and an in-memory one for fast tests.
+//!
+//! Every write carries a version. A put or delete applies only when its version is newer than
+//! what the tier holds for that id — the live row, or the tombstone a delete leaves behind — so
+//! replaying an old write is a no-op and state never goes backwards.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::item::SyncItem;
+
+pub mod memory;
+pub mod sql;
+mod sql_write;
+
+/// One write of a batch. A batch holds at most one op per id.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Arc<SyncItem>),
+    Delete {
+        id: String,
+        version: u64,
+        source: Arc<str>,
+    },
+}
+
+impl Op {
+    pub fn id(&self) -> &str {
+        match self {
+            Op::Put(item) => item.id(),
+            Op::Delete { id, .. } => id,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            Op::Put(item) => item.version(),
+            Op::Delete { version, .. } => *version,
+        }
+    }
+
+    /// Payload bytes this op writes (0 for a delete), for batch sizing.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Op::Put(item) => item.content().len(),
+            Op::Delete { .. } => 0,
+        }
+    }
+}
+
+#[async_trait]
+pub trait DurableTier: Send + Sync {
+    /// Applies `ops` (distinct ids) in one transaction and returns, per op, whether it was
+    /// newer than the stored state and so applied.
+    async fn apply(&self, ops: &[Op]) -> Result<Vec<bool>>;
+
+    async fn get(&self, id: &str) -> Result<Option<SyncItem>>;
+
+    /// One answer per id, in order.
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>>;
+
+    async fn contains(&self, id: &str) -> Result<bool>;
+
+    /// Items whose id starts with `prefix` (byte-wise, `%` `_` `\` are plain bytes), by id.
+    async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>>;
+
+    async fn count_prefix(&self, prefix: &str) -> Result<u64>;
+
+    /// Deletes (tombstones) every item under `prefix` older than `version`.
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<u64>;
+
+    async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>>;
+
+    async fn count_by_state(&self, state: &str) -> Result<u64>;
+
+    /// Deletes (tombstones) every item in `state` older than `version`.
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<u64>;
+
+    /// Sets the state of a live item older than `version`; false when there is none.
+    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool>;
+
+    /// The highest version stored (rows and tombstones), so the engine's clock never goes
+    /// behind what is already written.
+    async fn max_version(&self) -> Result<u64>;
+
+    /// The largest payload the backend accepts in one row, if it has a limit.
+    fn payload_limit(&self) -> Option<usize>;
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, or `None`
+/// when there is none (empty prefix or all `0xFF`). `id >= prefix AND id < bound` is the
+/// prefix scan: exact, literal, and served by the primary key.
+pub fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut bound = prefix.to_vec();
+    while let Some(last) = bound.pop() {
+        if last < 0xFF {
+            bound.push(last + 1);
+            return Some(bound);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_upper_bound;
+
+    #[test]
+    fn upper_bound() {
+        assert_eq!(prefix_upper_bound(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_upper_bound(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_upper_bound(b"\xff\xff"), None);
+        assert_eq!(prefix_upper_bound(b""), None);
+        assert_eq!(prefix_upper_bound(b"a%"), Some(b"a&".to_vec()));
+    }
+}

@@ -1,0 +1,329 @@
+//! L3 on MySQL/MariaDB or SQLite through sqlx. Both backends run the same statements where
+//! the dialects agree; `Dialect` holds the few places they do not (upserts, row locks,
+//! timestamps). The DDL lives in `schemas/sql/<backend>/` and is applied as migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::sqlite::SqliteSynchronous;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use super::sql_write::record_source_sql;
+use super::{prefix_upper_bound, DurableTier, Op};
+use crate::error::{Result, SyncError};
+use crate::item::{ContentType, SyncItem, LOCAL_SOURCE};
+
+pub(super) enum Pool {
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever backend this tier uses.
+macro_rules! on_pool {
+    ($tier:expr, $pool:ident => $body:expr) => {
+        match &$tier.pool {
+            crate::tier::sql::Pool::MySql($pool) => $body,
+            crate::tier::sql::Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+pub(super) use on_pool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    /// Locks the rows a batch reads so no other writer slips in before it writes.
+    pub(super) fn lock_clause(self) -> &'static str {
+        match self {
+            Dialect::MySql => " FOR UPDATE",
+            // SQLite has one writer at a time; the version guard in the upsert covers the rest.
+            Dialect::Sqlite => "",
+        }
+    }
+
+    pub(super) fn now(self) -> &'static str {
+        match self {
+            Dialect::MySql => "CURRENT_TIMESTAMP(6)",
+            Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        }
+    }
+
+    /// Keeps the higher version when a tombstone already exists.
+    fn tombstone_conflict(self) -> &'static str {
+        match self {
+            Dialect::MySql => {
+                " ON DUPLICATE KEY UPDATE version = GREATEST(sync_tombstones.version, VALUES(version))"
+            }
+            Dialect::Sqlite => {
+                " ON CONFLICT(id) DO UPDATE SET version = max(sync_tombstones.version, excluded.version)"
+            }
+        }
+    }
+}
+
+pub(super) const ITEM_COLUMNS: &str = "id, payload, payload_blob, content_hash, state, version";
+
+pub struct SqlTier {
+    pub(super) pool: Pool,
+    pub(super) dialect: Dialect,
+    /// Bytes one statement may carry (MySQL: below `max_allowed_packet`).
+    pub(super) max_statement_bytes: usize,
+}
+
+impl SqlTier {
+    /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let tier = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            let url = url.replacen("mariadb:", "mysql:", 1);
+            let pool = MySqlPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(&url)
+                .await?;
+            sqlx::migrate!("schemas/sql/mysql").run(&pool).await?;
+            let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+                .fetch_one(&pool)
+                .await?;
+            SqlTier {
+                pool: Pool::MySql(pool),
+                dialect: Dialect::MySql,
+                // leave room for the statement text and protocol framing
+                max_statement_bytes: (packet as usize).saturating_sub(64 * 1024).max(64 * 1024),
+            }
+        } else if url.starts_with("sqlite:") {
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a committed batch survives power loss, not only a process crash.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                // an in-memory database exists per connection: keep exactly one
+                .max_connections(if in_memory { 1 } else { 4 })
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("schemas/sql/sqlite").run(&pool).await?;
+            SqlTier {
+                pool: Pool::Sqlite(pool),
+                dialect: Dialect::Sqlite,
+                max_statement_bytes: 16 * 1024 * 1024,
+            }
+        } else {
+            return Err(SyncError::Config(format!(
+                "sql_url must start with mysql://, mariadb:// or sqlite: (got {url:?})"
+            )));
+        };
+        Ok(tier)
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self.dialect {
+            Dialect::MySql => "mysql",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
+
+    /// `id >= ? [AND id < ?]` for a prefix, with its binds.
+    fn prefix_range(prefix: &str) -> (String, Vec<Vec<u8>>) {
+        let start = prefix.as_bytes().to_vec();
+        match prefix_upper_bound(prefix.as_bytes()) {
+            Some(end) => ("id >= ? AND id < ?".into(), vec![start, end]),
+            None => ("id >= ?".into(), vec![start]),
+        }
+    }
+
+    async fn select_items(
+        &self,
+        filter: &str,
+        binds: &[Vec<u8>],
+        limit: usize,
+    ) -> Result<Vec<SyncItem>> {
+        let sql =
+            format!("SELECT {ITEM_COLUMNS} FROM sync_items WHERE {filter} ORDER BY id LIMIT ?");
+        on_pool!(self, pool => {
+            let mut query = sqlx::query(&sql);
+            for b in binds {
+                query = query.bind(b.as_slice());
+            }
+            let rows = query.bind(limit.min(i64::MAX as usize) as i64).fetch_all(pool).await?;
+            rows.iter().map(|r| decode_item(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)).collect()
+        })
+    }
+
+    async fn count_items(&self, filter: &str, binds: &[Vec<u8>]) -> Result<u64> {
+        let sql = format!("SELECT COUNT(*) FROM sync_items WHERE {filter}");
+        let count: i64 = on_pool!(self, pool => {
+            let mut query = sqlx::query_scalar(&sql);
+            for b in binds {
+                query = query.bind(b.as_slice());
+            }
+            query.fetch_one(pool).await?
+        });
+        Ok(count as u64)
+    }
+
+    /// Tombstones then deletes every live row matching `filter` that is older than `version`.
+    async fn delete_where(&self, filter: &str, binds: &[Vec<u8>], version: u64) -> Result<u64> {
+        let version = version as i64;
+        let tombstone = format!(
+            "INSERT INTO sync_tombstones (id, source, version) \
+             SELECT id, source, ? FROM sync_items WHERE {filter} AND version < ?{}",
+            self.dialect.tombstone_conflict()
+        );
+        let delete = format!("DELETE FROM sync_items WHERE {filter} AND version < ?");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut query = sqlx::query(&tombstone).bind(version);
+            for b in binds {
+                query = query.bind(b.as_slice());
+            }
+            query.bind(version).execute(&mut *tx).await?;
+            let mut query = sqlx::query(&delete);
+            for b in binds {
+                query = query.bind(b.as_slice());
+            }
+            let done = query.bind(version).execute(&mut *tx).await?;
+            sqlx::query(record_source_sql(self.dialect))
+                .bind(LOCAL_SOURCE.as_bytes())
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
+    }
+}
+
+/// Turns the six columns of [`ITEM_COLUMNS`] into an item.
+pub(super) fn decode_item(
+    id: Vec<u8>,
+    payload: Option<String>,
+    blob: Option<Vec<u8>>,
+    content_hash: String,
+    state: Vec<u8>,
+    version: i64,
+) -> Result<SyncItem> {
+    let text = |bytes: Vec<u8>, what: &str| {
+        String::from_utf8(bytes).map_err(|_| {
+            SyncError::Sql(sqlx::Error::Decode(
+                format!("stored {what} is not UTF-8").into(),
+            ))
+        })
+    };
+    let (content, content_type) = match (payload, blob) {
+        (Some(json), _) => (json.into_bytes(), ContentType::Json),
+        (None, Some(bytes)) => (bytes, ContentType::Binary),
+        (None, None) => (Vec::new(), ContentType::Binary),
+    };
+    Ok(SyncItem::from_stored(
+        text(id, "id")?,
+        content,
+        content_type,
+        content_hash,
+        text(state, "state")?,
+        version as u64,
+    ))
+}
+
+#[async_trait]
+impl DurableTier for SqlTier {
+    async fn apply(&self, ops: &[Op]) -> Result<Vec<bool>> {
+        super::sql_write::apply(self, ops).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<SyncItem>> {
+        Ok(self.get_many(&[id]).await?.pop().flatten())
+    }
+
+    async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
+        super::sql_write::get_many(self, ids).await
+    }
+
+    async fn contains(&self, id: &str) -> Result<bool> {
+        let found: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT 1 FROM sync_items WHERE id = ?")
+                .bind(id.as_bytes())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(found.is_some())
+    }
+
+    async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        let (filter, binds) = Self::prefix_range(prefix);
+        self.select_items(&filter, &binds, limit).await
+    }
+
+    async fn count_prefix(&self, prefix: &str) -> Result<u64> {
+        let (filter, binds) = Self::prefix_range(prefix);
+        self.count_items(&filter, &binds).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<u64> {
+        let (filter, binds) = Self::prefix_range(prefix);
+        self.delete_where(&filter, &binds, version).await
+    }
+
+    async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        self.select_items("state = ?", &[state.as_bytes().to_vec()], limit)
+            .await
+    }
+
+    async fn count_by_state(&self, state: &str) -> Result<u64> {
+        self.count_items("state = ?", &[state.as_bytes().to_vec()])
+            .await
+    }
+
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<u64> {
+        self.delete_where("state = ?", &[state.as_bytes().to_vec()], version)
+            .await
+    }
+
+    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
+        let sql = format!(
+            "UPDATE sync_items SET state = ?, version = ?, updated_at = {} WHERE id = ? AND version < ?",
+            self.dialect.now()
+        );
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(&sql)
+                .bind(state.as_bytes())
+                .bind(version as i64)
+                .bind(id.as_bytes())
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(record_source_sql(self.dialect))
+                .bind(LOCAL_SOURCE.as_bytes())
+                .bind(version as i64)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(done > 0)
+        })
+    }
+
+    async fn max_version(&self) -> Result<u64> {
+        let max: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MAX(version) FROM sync_sources").fetch_one(pool).await?
+        });
+        Ok(max.unwrap_or(0).max(0) as u64)
+    }
+
+    fn payload_limit(&self) -> Option<usize> {
+        match self.dialect {
+            Dialect::MySql => Some(self.max_statement_bytes),
+            Dialect::Sqlite => None,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The batch transaction of the SQL tier, and multi-id reads.
+//!
+//! One batch = one transaction:
+//! 1. read (and on MySQL lock) the stored version of every id in the batch, live or tombstone;
+//! 2. keep the ops that are newer (the rest are replays: they change nothing);
+//! 3. upsert the puts (chunked by rows and bytes), delete + tombstone the deletes;
+//! 4. record the highest version per source;
+//! 5. commit.
+//!
+//! The upserts carry the version guard themselves as well, so even a writer that bypassed the
+//! locks could never move a row backwards.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::Row;
+
+use super::sql::{decode_item, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
+use super::Op;
+use crate::error::Result;
+use crate::item::SyncItem;
+
+/// Rows per multi-row statement: 7 binds each stays far below both backends' bind limits, and
+/// a full chunk always has the same text, so its prepared statement is reused.
+const ROWS_PER_STATEMENT: usize = 500;
+/// Ids per `IN (…)` list.
+const IDS_PER_STATEMENT: usize = 1000;
+
+fn marks(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2);
+    for i in 0..n {
+        s.push_str(if i == 0 { "?" } else { ",?" });
+    }
+    s
+}
+
+fn rows(n: usize, columns: &str) -> String {
+    vec![columns; n].join(",")
+}
+
+fn upsert_items_sql(dialect: Dialect, n: usize) -> String {
+    let head = format!(
+        "INSERT INTO sync_items (id, payload, payload_blob, content_hash, state, source, version) VALUES {}",
+        rows(n, "(?,?,?,?,?,?,?)")
+    );
+    match dialect {
+        // MySQL applies assignments left to right: `version` must be the last one, or the
+        // guards after it would compare against the new value.
+        Dialect::MySql => format!(
+            "{head} ON DUPLICATE KEY UPDATE \
+             payload = IF(VALUES(version) > version, VALUES(payload), payload), \
+             payload_blob = IF(VALUES(version) > version, VALUES(payload_blob), payload_blob), \
+             content_hash = IF(VALUES(version) > version, VALUES(content_hash), content_hash), \
+             state = IF(VALUES(version) > version, VALUES(state), state), \
+             source = IF(VALUES(version) > version, VALUES(source), source), \
+             updated_at = IF(VALUES(version) > version, CURRENT_TIMESTAMP(6), updated_at), \
+             version = IF(VALUES(version) > version, VALUES(version), version)"
+        ),
+        Dialect::Sqlite => format!(
+            "{head} ON CONFLICT(id) DO UPDATE SET payload = excluded.payload, \
+             payload_blob = excluded.payload_blob, content_hash = excluded.content_hash, \
+             state = excluded.state, source = excluded.source, version = excluded.version, \
+             updated_at = {} WHERE excluded.version > sync_items.version",
+            dialect.now()
+        ),
+    }
+}
+
+fn upsert_tombstones_sql(dialect: Dialect, n: usize) -> String {
+    let head = format!(
+        "INSERT INTO sync_tombstones (id, source, version) VALUES {}",
+        rows(n, "(?,?,?)")
+    );
+    match dialect {
+        Dialect::MySql => format!(
+            "{head} ON DUPLICATE KEY UPDATE \
+             source = IF(VALUES(version) > version, VALUES(source), source), \
+             deleted_at = IF(VALUES(version) > version, CURRENT_TIMESTAMP(6), deleted_at), \
+             version = IF(VALUES(version) > version, VALUES(version), version)"
+        ),
+        Dialect::Sqlite => format!(
+            "{head} ON CONFLICT(id) DO UPDATE SET source = excluded.source, \
+             version = excluded.version, deleted_at = {} \
+             WHERE excluded.version > sync_tombstones.version",
+            dialect.now()
+        ),
+    }
+}
+
+pub(super) fn record_source_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::MySql => {
+            "INSERT INTO sync_sources (source, version) VALUES (?, ?) \
+             ON DUPLICATE KEY UPDATE updated_at = CURRENT_TIMESTAMP(6), \
+             version = GREATEST(version, VALUES(version))"
+        }
+        Dialect::Sqlite => {
+            "INSERT INTO sync_sources (source, version) VALUES (?, ?) \
+             ON CONFLICT(source) DO UPDATE SET version = max(version, excluded.version), \
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+        }
+    }
+}
+
+/// Splits puts into statements of at most [`ROWS_PER_STATEMENT`] rows and `max_bytes` bytes.
+fn chunk_by_bytes<'a>(puts: &[&'a SyncItem], max_bytes: usize) -> Vec<Vec<&'a SyncItem>> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<&SyncItem> = Vec::new();
+    let mut bytes = 0;
+    for item in puts {
+        let size = item.content().len() + item.id().len() + item.state().len() + 128;
+        if !current.is_empty() && (current.len() == ROWS_PER_STATEMENT || bytes + size > max_bytes)
+        {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<bool>> {
+    if ops.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dialect = tier.dialect;
+    let ids: Vec<&[u8]> = ops.iter().map(|op| op.id().as_bytes()).collect();
+    on_pool!(tier, pool => {
+        let mut tx = pool.begin().await?;
+
+        // 1. what is stored now
+        let mut stored: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut tombstoned: HashSet<Vec<u8>> = HashSet::new();
+        for table in ["sync_items", "sync_tombstones"] {
+            for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                let sql = format!(
+                    "SELECT id, version FROM {table} WHERE id IN ({}){}",
+                    marks(chunk.len()),
+                    dialect.lock_clause()
+                );
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                for row in query.fetch_all(&mut *tx).await? {
+                    let id: Vec<u8> = row.try_get(0)?;
+                    let version: i64 = row.try_get(1)?;
+                    if table == "sync_tombstones" {
+                        tombstoned.insert(id.clone());
+                    }
+                    let v = stored.entry(id).or_insert(version);
+                    *v = (*v).max(version);
+                }
+            }
+        }
+
+        // 2. only what is newer applies
+        let applied: Vec<bool> = ops
+            .iter()
+            .map(|op| stored.get(op.id().as_bytes()).is_none_or(|&v| op.version() as i64 > v))
+            .collect();
+        let mut puts: Vec<&SyncItem> = Vec::new();
+        let mut deletes: Vec<(&str, &str, i64)> = Vec::new();
+        let mut revived: Vec<&[u8]> = Vec::new();
+        let mut sources: HashMap<&str, i64> = HashMap::new();
+        for (op, _) in ops.iter().zip(&applied).filter(|(_, applied)| **applied) {
+            match op {
+                Op::Put(item) => {
+                    if tombstoned.contains(item.id().as_bytes()) {
+                        revived.push(item.id().as_bytes());
+                    }
+                    puts.push(item);
+                    let v = sources.entry(item.source()).or_default();
+                    *v = (*v).max(item.version() as i64);
+                }
+                Op::Delete { id, version, source } => {
+                    deletes.push((id, source, *version as i64));
+                    let v = sources.entry(source).or_default();
+                    *v = (*v).max(*version as i64);
+                }
+            }
+        }
+
+        // 3. puts
+        for chunk in chunk_by_bytes(&puts, tier.max_statement_bytes) {
+            let sql = upsert_items_sql(dialect, chunk.len());
+            let mut query = sqlx::query(&sql);
+            for item in chunk {
+                let blob = match item.json_text() {
+                    Some(_) => None,
+                    None => Some(item.content()),
+                };
+                query = query
+                    .bind(item.id().as_bytes())
+                    .bind(item.json_text())
+                    .bind(blob)
+                    .bind(item.content_hash())
+                    .bind(item.state().as_bytes())
+                    .bind(item.source().as_bytes())
+                    .bind(item.version() as i64);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in revived.chunks(IDS_PER_STATEMENT) {
+            let sql = format!("DELETE FROM sync_tombstones WHERE id IN ({})", marks(chunk.len()));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        // 3b. deletes: drop the live row (if older) and leave a tombstone
+        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM sync_items WHERE {}",
+                vec!["(id = ? AND version < ?)"; chunk.len()].join(" OR ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, _, version) in chunk {
+                query = query.bind(id.as_bytes()).bind(*version);
+            }
+            query.execute(&mut *tx).await?;
+            let sql = upsert_tombstones_sql(dialect, chunk.len());
+            let mut query = sqlx::query(&sql);
+            for (id, source, version) in chunk {
+                query = query.bind(id.as_bytes()).bind(source.as_bytes()).bind(*version);
+            }
+            query.execute(&mut *tx).await?;
+        }
+
+        // 4. progress per source
+        for (source, version) in sources {
+            sqlx::query(record_source_sql(dialect))
+                .bind(source.as_bytes())
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        tx.commit().await?;
+        Ok(applied)
+    })
+}
+
+pub(super) async fn get_many(tier: &SqlTier, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
+    let mut found: HashMap<String, SyncItem> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT {ITEM_COLUMNS} FROM sync_items WHERE id IN ({})",
+            marks(chunk.len())
+        );
+        on_pool!(tier, pool => {
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_bytes());
+            }
+            for r in query.fetch_all(pool).await? {
+                let item = decode_item(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)?;
+                found.insert(item.id().to_string(), item);
+            }
+        });
+    }
+    Ok(ids.iter().map(|id| found.get(*id).cloned()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_rows_and_bytes() {
+        let items: Vec<SyncItem> = (0..1200)
+            .map(|i| SyncItem::new(format!("id{i}"), vec![b'x'; 1000]))
+            .collect();
+        let refs: Vec<&SyncItem> = items.iter().collect();
+        let by_rows = chunk_by_bytes(&refs, usize::MAX);
+        assert_eq!(
+            by_rows.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![500, 500, 200]
+        );
+        let by_bytes = chunk_by_bytes(&refs, 100 * 1200);
+        assert!(by_bytes.iter().all(|c| c.len() <= 100));
+        assert_eq!(by_bytes.iter().map(Vec::len).sum::<usize>(), 1200);
+        // one row bigger than the limit still goes out, alone
+        let big = [SyncItem::new("big".into(), vec![0; 10_000])];
+        assert_eq!(chunk_by_bytes(&[&big[0]], 100).len(), 1);
+    }
+}

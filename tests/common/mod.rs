@@ -1,0 +1,167 @@
+//! Shared by the integration tests: the backends every scenario runs on.
+//!
+//! MariaDB comes from `SYNC_ENGINE_TEST_MYSQL_URL` (set by `scripts/test`); each engine gets
+//! a database of its own on that server, so tests never see each other's rows. A missing
+//! variable fails the test: a skipped backend would look like a pass.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection;
+use sync_engine::{SyncEngine, SyncEngineConfig};
+use tokio::sync::watch;
+
+pub const MYSQL_ENV: &str = "SYNC_ENGINE_TEST_MYSQL_URL";
+
+/// A database an engine can be (re)started on.
+pub struct Backend {
+    pub name: &'static str,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    pub fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("l3.db").display());
+        Backend {
+            name: "sqlite",
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A fresh, empty database on the test MariaDB server.
+    pub async fn mariadb() -> Backend {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var(MYSQL_ENV).unwrap_or_else(|_| {
+            panic!("{MYSQL_ENV} is not set: run the suite with scripts/test (it starts MariaDB)")
+        });
+        let server = base
+            .rsplit_once('/')
+            .map(|(s, _)| s.to_string())
+            .expect("url has a /db");
+        let db = format!(
+            "se_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let mut conn = sqlx::MySqlConnection::connect(&base)
+            .await
+            .expect("connect to MariaDB");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        Backend {
+            name: "mariadb",
+            url: format!("{server}/{db}"),
+            _dir: None,
+        }
+    }
+
+    pub fn config(&self) -> SyncEngineConfig {
+        SyncEngineConfig {
+            sql_url: Some(self.url.clone()),
+            ..Default::default()
+        }
+    }
+
+    pub async fn engine(&self) -> SyncEngine {
+        self.engine_with(self.config()).await
+    }
+
+    pub async fn engine_with(&self, config: SyncEngineConfig) -> SyncEngine {
+        let (_tx, rx) = watch::channel(config.clone());
+        let mut engine = SyncEngine::new(config, rx);
+        engine.start().await.expect("engine starts");
+        engine
+    }
+
+    /// A raw connection for asserting on the tables themselves.
+    pub async fn raw(&self) -> Raw {
+        if self.name == "sqlite" {
+            Raw::Sqlite(sqlx::SqliteConnection::connect(&self.url).await.unwrap())
+        } else {
+            Raw::MySql(sqlx::MySqlConnection::connect(&self.url).await.unwrap())
+        }
+    }
+}
+
+/// A row of `sync_items` as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    pub id: Vec<u8>,
+    pub payload: Option<String>,
+    pub payload_blob: Option<Vec<u8>>,
+    pub content_hash: String,
+    pub state: Vec<u8>,
+    pub version: i64,
+}
+
+type RowTuple = (Vec<u8>, Option<String>, Option<Vec<u8>>, String, Vec<u8>, i64);
+
+pub enum Raw {
+    MySql(sqlx::MySqlConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+macro_rules! on_raw {
+    ($raw:expr, $conn:ident => $body:expr) => {
+        match $raw {
+            Raw::MySql($conn) => $body,
+            Raw::Sqlite($conn) => $body,
+        }
+    };
+}
+
+impl Raw {
+    /// Every live row, by id.
+    pub async fn rows(&mut self) -> Vec<RawRow> {
+        let sql = "SELECT id, payload, payload_blob, content_hash, state, version FROM sync_items ORDER BY id";
+        on_raw!(self, conn => {
+            let rows: Vec<RowTuple> =
+                sqlx::query_as(sql).fetch_all(&mut *conn).await.unwrap();
+            rows.into_iter()
+                .map(|(id, payload, payload_blob, content_hash, state, version)| RawRow {
+                    id, payload, payload_blob, content_hash, state, version,
+                })
+                .collect()
+        })
+    }
+
+    pub async fn row(&mut self, id: &str) -> Option<RawRow> {
+        self.rows()
+            .await
+            .into_iter()
+            .find(|r| r.id == id.as_bytes())
+    }
+
+    /// Runs a statement as is (for corrupting rows on purpose).
+    pub async fn execute(&mut self, sql: &str) {
+        on_raw!(self, conn => { sqlx::query(sql).execute(&mut *conn).await.unwrap(); })
+    }
+}
+
+/// Runs an async scenario `fn(Backend)` on SQLite and on MariaDB, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$scenario($crate::common::Backend::sqlite()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mariadb() {
+                    super::$scenario($crate::common::Backend::mariadb().await).await
+                }
+            }
+        )*
+    };
+}
