@@ -13,6 +13,8 @@ pub(crate) struct Entry {
     pub op: Op,
     /// Goes to the durable tier (false: cache-only).
     pub sql: bool,
+    /// Goes to Redis (false: any Redis copy is removed).
+    pub redis: bool,
     /// TTL of cached copies.
     pub ttl: Option<Duration>,
 }
@@ -62,10 +64,6 @@ impl Batch {
         self.entries.is_empty()
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// When the batch must be flushed by age, if it holds anything.
     pub(crate) fn deadline(&self, limits: &Limits) -> Option<Instant> {
         self.oldest.map(|t| t + limits.max_age)
@@ -93,6 +91,7 @@ mod tests {
         Entry {
             op: Op::Put(Arc::new(item)),
             sql: true,
+            redis: true,
             ttl: None,
         }
     }
@@ -105,6 +104,7 @@ mod tests {
                 source: Arc::from("local"),
             },
             sql: true,
+            redis: true,
             ttl: None,
         }
     }

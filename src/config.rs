@@ -9,6 +9,10 @@ use crate::error::{Result, SyncError};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct SyncEngineConfig {
+    /// L2: `redis://host:port[/db]`. `None`: no Redis tier (cache-only items live in L1).
+    pub redis_url: Option<String>,
+    /// Prepended to every Redis key (`{redis_prefix}{id}`), to share one Redis.
+    pub redis_prefix: Option<String>,
     /// `mysql://…` or `sqlite://path?mode=rwc`. `None` keeps L3 in memory (tests only:
     /// nothing survives the process).
     pub sql_url: Option<String>,
@@ -33,6 +37,8 @@ pub struct SyncEngineConfig {
 impl Default for SyncEngineConfig {
     fn default() -> Self {
         SyncEngineConfig {
+            redis_url: None,
+            redis_prefix: None,
             sql_url: None,
             l1_max_bytes: 256 * 1024 * 1024,
             max_payload_bytes: 16 * 1024 * 1024,

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::batch::Entry;
 use crate::config::SyncEngineConfig;
@@ -22,6 +22,7 @@ use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
 use crate::options::SubmitOptions;
 use crate::tier::memory::MemoryTier;
+use crate::tier::redis::RedisTier;
 use crate::tier::sql::SqlTier;
 use crate::tier::{DurableTier, Op};
 use crate::writer::{Command, Writer};
@@ -79,6 +80,7 @@ pub struct SyncEngine {
     config_rx: watch::Receiver<SyncEngineConfig>,
     l1: Arc<L1>,
     tier: Option<Arc<dyn DurableTier>>,
+    redis: Option<Arc<RedisTier>>,
     sequencer: Mutex<Sequencer>,
     writer: Mutex<Option<JoinHandle<()>>>,
     state: watch::Sender<EngineState>,
@@ -97,6 +99,7 @@ impl SyncEngine {
             config_rx,
             l1,
             tier: None,
+            redis: None,
             sequencer: Mutex::new(Sequencer {
                 clock: 0,
                 queue: None,
@@ -146,9 +149,22 @@ impl SyncEngine {
         }
         let clock = tier.max_version().await?;
         let (queue, receiver) = mpsc::unbounded_channel();
+        let redis = match &self.config.redis_url {
+            Some(url) => {
+                let prefix = self.config.redis_prefix.as_deref().unwrap_or_default();
+                let redis = RedisTier::new(url, prefix)
+                    .map_err(|e| SyncError::Config(format!("redis_url: {e}")))?;
+                if let Err(e) = redis.connect().await {
+                    warn!(error = %e, "L2 Redis unreachable at start; writes and reads go on without it");
+                }
+                Some(Arc::new(redis))
+            }
+            None => None,
+        };
         let writer = Writer {
             queue: receiver,
             tier: tier.clone(),
+            redis: redis.clone(),
             l1: self.l1.clone(),
             config: self.config_rx.clone(),
         };
@@ -158,6 +174,7 @@ impl SyncEngine {
             queue: Some(queue),
         };
         self.tier = Some(tier);
+        self.redis = redis;
         self.state.send_replace(EngineState::Running);
         Ok(())
     }
@@ -209,6 +226,7 @@ impl SyncEngine {
         sequencer.send(Command::Write(Entry {
             op: Op::Put(item),
             sql: options.sql,
+            redis: options.redis,
             ttl,
         }))
     }
@@ -245,6 +263,7 @@ impl SyncEngine {
         sequencer.send(Command::Write(Entry {
             op,
             sql: true,
+            redis: true,
             ttl: None,
         }))
     }
@@ -266,7 +285,8 @@ impl SyncEngine {
         done.await.map_err(|_| SyncError::NotRunning)
     }
 
-    /// The item as last submitted (pending or durable), from L1 or L3.
+    /// The item as last submitted (pending or durable), from L1, Redis or SQL, in that order.
+    /// A Redis failure is not an error: the read goes on to SQL.
     pub async fn get(&self, id: &str) -> Result<Option<SyncItem>> {
         let tier = self.tier()?;
         match self.l1.lookup(id) {
@@ -275,9 +295,19 @@ impl SyncEngine {
             Lookup::Unknown => {}
         }
         let epoch = self.l1.epoch();
+        if let Some(redis) = &self.redis {
+            match redis.get(id).await {
+                Ok(Some((item, ttl))) => {
+                    self.l1.warm(item.clone(), ttl, epoch);
+                    return Ok(Some(item));
+                }
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, id, "Redis read failed; reading SQL"),
+            }
+        }
         let found = tier.get(id).await?;
         if let Some(item) = &found {
-            self.l1.warm(item.clone(), epoch);
+            self.l1.warm(item.clone(), None, epoch);
         }
         Ok(found)
     }
@@ -291,7 +321,8 @@ impl SyncEngine {
         Ok(item)
     }
 
-    /// One answer per id, in order; L3 is asked once for all L1 misses.
+    /// One answer per id, in order; SQL is asked once for all L1 misses (one round trip
+    /// instead of one per id to Redis), so cache-only items are found only in L1.
     pub async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
         let tier = self.tier()?;
         let mut answers: Vec<Option<SyncItem>> = Vec::with_capacity(ids.len());
@@ -311,7 +342,7 @@ impl SyncEngine {
             let wanted: Vec<&str> = misses.iter().map(|(_, id)| *id).collect();
             for ((i, _), found) in misses.iter().zip(tier.get_many(&wanted).await?) {
                 if let Some(item) = &found {
-                    self.l1.warm(item.clone(), epoch);
+                    self.l1.warm(item.clone(), None, epoch);
                 }
                 answers[*i] = found;
             }

@@ -224,12 +224,12 @@ impl L1 {
 
     /// Caches an item read from a lower tier if no commit happened since `seen_epoch` and no
     /// op for it is pending.
-    pub(crate) fn warm(&self, item: SyncItem, seen_epoch: u64) {
+    pub(crate) fn warm(&self, item: SyncItem, ttl: Option<Duration>, seen_epoch: u64) {
         let epoch = self.epoch_lock();
         if *epoch != seen_epoch || self.pending().contains_key(item.id()) {
             return;
         }
-        self.insert_cached(Arc::new(item), None);
+        self.insert_cached(Arc::new(item), ttl);
         drop(epoch);
         self.trim();
     }
@@ -366,7 +366,7 @@ mod tests {
         let seen = l1.epoch();
         let fresh = item("a", 2, 10);
         settle_put(&l1, &fresh);
-        l1.warm((*item("a", 1, 10)).clone(), seen);
+        l1.warm((*item("a", 1, 10)).clone(), None, seen);
         match l1.lookup("a") {
             Lookup::Found(found) => assert_eq!(found.version(), 2),
             _ => panic!("expected the committed item"),

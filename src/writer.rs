@@ -1,15 +1,18 @@
 //! The write path, top-down. One task owns the ordered queue:
 //!
 //! ```text
-//! submit/delete ─► L1 pending ─► queue ─► Batch (newest op per id) ─► L3 transaction ─► L1 settle
-//!                                  └─ set_state / delete_prefix / delete_by_state / flush:
-//!                                     flush the batch first, then run alone, then reply
+//! submit/delete ─► L1 pending ─► queue ─► Batch (newest op per id)
+//!     ─► L3 transaction (retried until it commits) ─► Redis pipeline ─► L1 settle
+//!
+//! set_state / delete_prefix / delete_by_state / flush:
+//!     flush the batch first, then run alone (L3 ─► Redis ─► L1), then reply
 //! ```
 //!
 //! Because one task applies everything in queue order, a delete is never overtaken by an
 //! earlier put, and a range operation sees every write submitted before it. A failing L3 is
 //! retried with backoff, never skipped: the batch stays pending (and submit waits on the
-//! pending budget) until it commits.
+//! pending budget) until it commits. Redis is written after L3 and before L1 settles, so a
+//! reader that misses L1 can never find an older value in Redis than in SQL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use crate::batch::{Batch, Entry, Limits};
 use crate::config::SyncEngineConfig;
 use crate::error::Result;
 use crate::l1::{Settled, L1};
+use crate::tier::redis::{CacheWrite, RedisTier};
 use crate::tier::{DurableTier, Op};
 
 pub(crate) enum Command {
@@ -48,6 +52,7 @@ pub(crate) enum Command {
 pub(crate) struct Writer {
     pub queue: mpsc::UnboundedReceiver<Command>,
     pub tier: Arc<dyn DurableTier>,
+    pub redis: Option<Arc<RedisTier>>,
     pub l1: Arc<L1>,
     /// Batch limits are read from here before every step, so they can change at run time.
     pub config: watch::Receiver<SyncEngineConfig>,
@@ -73,65 +78,87 @@ impl Writer {
                     }
                 },
             };
+            let Some(command) = command else {
+                self.flush(&mut batch).await;
+                return;
+            };
+            if let Command::Write(entry) = command {
+                batch.push(entry);
+                if batch.is_full(&limits) {
+                    self.flush(&mut batch).await;
+                }
+                continue;
+            }
+            self.flush(&mut batch).await;
             match command {
-                None => {
-                    self.flush(&mut batch).await;
-                    return;
-                }
-                Some(Command::Write(entry)) => {
-                    batch.push(entry);
-                    if batch.is_full(&limits) {
-                        self.flush(&mut batch).await;
-                    }
-                }
-                Some(Command::Flush(reply)) => {
-                    self.flush(&mut batch).await;
+                Command::Write(_) => unreachable!("handled above"),
+                Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
-                Some(Command::SetState {
+                Command::SetState {
                     id,
                     state,
                     version,
                     reply,
-                }) => {
-                    self.flush(&mut batch).await;
-                    let result = self.tier.set_state(&id, &state, version).await;
-                    // a cache-only item lives in L1 alone; restate it there too
-                    let cached = self.l1.restate(&id, &state, version);
-                    let _ = reply.send(result.map(|in_l3| in_l3 || cached));
+                } => {
+                    let _ = reply.send(self.set_state(&id, &state, version).await);
                 }
-                Some(Command::DeletePrefix {
+                Command::DeletePrefix {
                     prefix,
                     version,
                     reply,
-                }) => {
-                    self.flush(&mut batch).await;
-                    let result = self.tier.delete_prefix(&prefix, version).await;
+                } => {
+                    let deleted = self.tier.delete_prefix(&prefix, version).await;
+                    if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
+                        remove_from_redis(redis, ids).await;
+                        // cache-only items under the prefix are in Redis but not in SQL
+                        if let Err(e) = redis.remove_prefix(&prefix).await {
+                            warn!(error = %e, prefix, "Redis prefix delete failed; cache-only copies expire by TTL");
+                        }
+                    }
                     self.l1
                         .invalidate_where(version, |item| item.id().starts_with(&prefix));
-                    let _ = reply.send(result);
+                    let _ = reply.send(deleted.map(|ids| ids.len() as u64));
                 }
-                Some(Command::DeleteByState {
+                Command::DeleteByState {
                     state,
                     version,
                     reply,
-                }) => {
-                    self.flush(&mut batch).await;
-                    let result = self.tier.delete_by_state(&state, version).await;
+                } => {
+                    let deleted = self.tier.delete_by_state(&state, version).await;
+                    if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
+                        remove_from_redis(redis, ids).await;
+                    }
                     self.l1
                         .invalidate_where(version, |item| item.state() == state);
-                    let _ = reply.send(result);
+                    let _ = reply.send(deleted.map(|ids| ids.len() as u64));
                 }
             }
         }
     }
 
-    /// Makes the batch durable (retrying until it is), then settles L1.
+    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
+        let in_l3 = self.tier.set_state(id, state, version).await?;
+        let mut in_redis = false;
+        if let Some(redis) = &self.redis {
+            match redis.restate(id, state, version).await {
+                Ok(found) => in_redis = found,
+                Err(e) => {
+                    warn!(error = %e, id, "Redis set_state failed; the id bypasses Redis until rewritten");
+                    redis.mark_dirty(id);
+                }
+            }
+        }
+        // a cache-only item may live in L1 and Redis alone
+        let in_l1 = self.l1.restate(id, state, version);
+        Ok(in_l3 || in_redis || in_l1)
+    }
+
+    /// Makes the batch durable (retrying until it is), mirrors it to Redis, settles L1.
     async fn flush(&mut self, batch: &mut Batch) {
         if batch.is_empty() {
             return;
         }
-        let count = batch.len();
         let entries = batch.take();
         let (durable, cache_only): (Vec<&Entry>, Vec<&Entry>) = entries.iter().partition(|e| e.sql);
         let ops: Vec<Op> = durable.iter().map(|e| e.op.clone()).collect();
@@ -147,19 +174,43 @@ impl Writer {
                 }
             }
         };
-        let settled = durable
-            .iter()
+        // cache-only entries skip L3 and always "apply"
+        let outcomes: Vec<(&Entry, bool)> = durable
+            .into_iter()
             .zip(applied)
-            .chain(cache_only.iter().map(|e| (e, true)))
-            .map(|(entry, applied)| Settled {
+            .chain(cache_only.into_iter().map(|e| (e, true)))
+            .collect();
+
+        if let Some(redis) = &self.redis {
+            let writes: Vec<CacheWrite> = outcomes
+                .iter()
+                .filter(|(_, applied)| *applied)
+                .map(|(entry, _)| match &entry.op {
+                    Op::Put(item) if entry.redis => CacheWrite::Put {
+                        item,
+                        ttl: entry.ttl,
+                    },
+                    op => CacheWrite::Remove { id: op.id() },
+                })
+                .collect();
+            // failures are logged and make the ids bypass Redis; SQL has the truth
+            let _ = redis.write(&writes).await;
+        }
+
+        self.l1
+            .settle(outcomes.iter().map(|(entry, applied)| Settled {
                 id: entry.op.id(),
                 version: entry.op.version(),
                 item: match (&entry.op, applied) {
                     (Op::Put(item), true) => Some((item, entry.ttl)),
                     _ => None,
                 },
-            });
-        self.l1.settle(settled);
-        debug!(items = count, "batch committed");
+            }));
+        debug!(items = outcomes.len(), "batch committed");
     }
+}
+
+async fn remove_from_redis(redis: &RedisTier, ids: &[String]) {
+    let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
+    let _ = redis.write(&writes).await;
 }

@@ -33,19 +33,22 @@ impl Tables {
             .map(|(_, v)| v)
     }
 
-    fn tombstone_where(&mut self, version: u64, keep: impl Fn(&SyncItem) -> bool) -> u64 {
+    fn tombstone_where(&mut self, version: u64, keep: impl Fn(&SyncItem) -> bool) -> Vec<String> {
         let doomed: Vec<Vec<u8>> = self
             .items
             .iter()
             .filter(|(_, item)| !keep(item) && item.version() < version)
             .map(|(k, _)| k.clone())
             .collect();
-        for key in &doomed {
-            self.items.remove(key);
-            let t = self.tombstones.entry(key.clone()).or_default();
+        let mut ids = Vec::with_capacity(doomed.len());
+        for key in doomed {
+            if let Some(item) = self.items.remove(&key) {
+                ids.push(item.id().to_string());
+            }
+            let t = self.tombstones.entry(key).or_default();
             *t = (*t).max(version);
         }
-        doomed.len() as u64
+        ids
     }
 }
 
@@ -118,7 +121,7 @@ impl DurableTier for MemoryTier {
         Ok(self.lock().under_prefix(prefix).count() as u64)
     }
 
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<u64> {
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>> {
         let prefix = prefix.to_string();
         Ok(self
             .lock()
@@ -144,7 +147,7 @@ impl DurableTier for MemoryTier {
             .count() as u64)
     }
 
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<u64> {
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>> {
         Ok(self
             .lock()
             .tombstone_where(version, |item| item.state() != state))

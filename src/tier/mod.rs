@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::item::SyncItem;
 
 pub mod memory;
+pub mod redis;
 pub mod sql;
 mod sql_write;
 
@@ -69,15 +70,15 @@ pub trait DurableTier: Send + Sync {
 
     async fn count_prefix(&self, prefix: &str) -> Result<u64>;
 
-    /// Deletes (tombstones) every item under `prefix` older than `version`.
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<u64>;
+    /// Deletes (tombstones) every item under `prefix` older than `version`; returns their ids.
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>>;
 
     async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>>;
 
     async fn count_by_state(&self, state: &str) -> Result<u64>;
 
-    /// Deletes (tombstones) every item in `state` older than `version`.
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<u64>;
+    /// Deletes (tombstones) every item in `state` older than `version`; returns their ids.
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>>;
 
     /// Sets the state of a live item older than `version`; false when there is none.
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool>;

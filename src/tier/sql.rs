@@ -171,9 +171,19 @@ impl SqlTier {
         Ok(count as u64)
     }
 
-    /// Tombstones then deletes every live row matching `filter` that is older than `version`.
-    async fn delete_where(&self, filter: &str, binds: &[Vec<u8>], version: u64) -> Result<u64> {
+    /// Tombstones then deletes every live row matching `filter` that is older than `version`;
+    /// returns the ids it deleted.
+    async fn delete_where(
+        &self,
+        filter: &str,
+        binds: &[Vec<u8>],
+        version: u64,
+    ) -> Result<Vec<String>> {
         let version = version as i64;
+        let select = format!(
+            "SELECT id FROM sync_items WHERE {filter} AND version < ?{}",
+            self.dialect.lock_clause()
+        );
         let tombstone = format!(
             "INSERT INTO sync_tombstones (id, source, version) \
              SELECT id, source, ? FROM sync_items WHERE {filter} AND version < ?{}",
@@ -182,6 +192,11 @@ impl SqlTier {
         let delete = format!("DELETE FROM sync_items WHERE {filter} AND version < ?");
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(&select);
+            for b in binds {
+                query = query.bind(b.as_slice());
+            }
+            let ids = query.bind(version).fetch_all(&mut *tx).await?;
             let mut query = sqlx::query(&tombstone).bind(version);
             for b in binds {
                 query = query.bind(b.as_slice());
@@ -191,14 +206,16 @@ impl SqlTier {
             for b in binds {
                 query = query.bind(b.as_slice());
             }
-            let done = query.bind(version).execute(&mut *tx).await?;
+            query.bind(version).execute(&mut *tx).await?;
             sqlx::query(record_source_sql(self.dialect))
                 .bind(LOCAL_SOURCE.as_bytes())
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(done.rows_affected())
+            ids.into_iter()
+                .map(|id| String::from_utf8(id).map_err(|_| sqlx::Error::Decode("stored id is not UTF-8".into()).into()))
+                .collect()
         })
     }
 }
@@ -268,7 +285,7 @@ impl DurableTier for SqlTier {
         self.count_items(&filter, &binds).await
     }
 
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<u64> {
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>> {
         let (filter, binds) = Self::prefix_range(prefix);
         self.delete_where(&filter, &binds, version).await
     }
@@ -283,7 +300,7 @@ impl DurableTier for SqlTier {
             .await
     }
 
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<u64> {
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>> {
         self.delete_where("state = ?", &[state.as_bytes().to_vec()], version)
             .await
     }

@@ -31,32 +31,31 @@ impl Backend {
         }
     }
 
-    /// A fresh, empty database on the test MariaDB server.
+    /// A fresh, empty database on the test MariaDB server, named after the run's database.
     pub async fn mariadb() -> Backend {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let base = std::env::var(MYSQL_ENV).unwrap_or_else(|_| {
             panic!("{MYSQL_ENV} is not set: run the suite with scripts/test (it starts MariaDB)")
         });
-        let server = base
-            .rsplit_once('/')
-            .map(|(s, _)| s.to_string())
-            .expect("url has a /db");
+        let (server, base_db) = base.rsplit_once('/').expect("url ends in /database");
+        // scripts/test drops `<its database>_*` when the run ends
         let db = format!(
-            "se_{}_{}_{}",
+            "{base_db}_{}_{}",
             std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
+            NEXT.fetch_add(1, Ordering::SeqCst)
         );
         let mut conn = sqlx::MySqlConnection::connect(&base)
             .await
             .expect("connect to MariaDB");
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&mut conn)
-            .await
-            .expect("create db");
+        for sql in [
+            format!("DROP DATABASE IF EXISTS `{db}`"),
+            format!("CREATE DATABASE `{db}`"),
+        ] {
+            sqlx::query(&sql)
+                .execute(&mut conn)
+                .await
+                .expect("create the test database");
+        }
         Backend {
             name: "mariadb",
             url: format!("{server}/{db}"),
@@ -103,7 +102,14 @@ pub struct RawRow {
     pub version: i64,
 }
 
-type RowTuple = (Vec<u8>, Option<String>, Option<Vec<u8>>, String, Vec<u8>, i64);
+type RowTuple = (
+    Vec<u8>,
+    Option<String>,
+    Option<Vec<u8>>,
+    String,
+    Vec<u8>,
+    i64,
+);
 
 pub enum Raw {
     MySql(sqlx::MySqlConnection),

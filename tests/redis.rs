@@ -1,0 +1,338 @@
+//! The Redis tier (L2): every scenario runs on plain Redis (hash shape) and on Redis Stack
+//! (RedisJSON documents), with SQLite as L3.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Backend;
+use redis::AsyncCommands;
+use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncEngine, SyncEngineConfig, SyncItem};
+
+const PLAIN_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
+const STACK_ENV: &str = "SYNC_ENGINE_TEST_REDIS_STACK_URL";
+
+struct Redis {
+    url: String,
+    /// Unique per test, so tests share a server without seeing each other.
+    prefix: String,
+}
+
+impl Redis {
+    fn from_env(var: &str) -> Redis {
+        let url = std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: run the suite with scripts/test (it starts Redis)")
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Redis {
+            url,
+            prefix: format!("t{}:{nanos}:", std::process::id()),
+        }
+    }
+
+    async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    fn config(&self, sql: &Backend) -> SyncEngineConfig {
+        SyncEngineConfig {
+            redis_url: Some(self.url.clone()),
+            redis_prefix: Some(self.prefix.clone()),
+            ..sql.config()
+        }
+    }
+}
+
+async fn engine(config: SyncEngineConfig) -> SyncEngine {
+    Backend::sqlite().engine_with(config).await
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+const JSON_TEXTS: [(&str, &str); 4] = [
+    ("j.space", "{ \"b\" :  1 ,\n\t\"a\" : [ 1 , 2 ] }  "),
+    ("j.order", r#"{"z":1,"a":2,"m":{"y":null,"b":true}}"#),
+    (
+        "j.unicode",
+        r#"{"name":"Zoë ☃ 𝄞","n":123456789012345678901234567890}"#,
+    ),
+    ("j.huge", r#"{"out_of_f64_range": 1e400}"#),
+];
+
+async fn round_trip_through_redis_alone(redis: Redis) {
+    let writer_sql = Backend::sqlite();
+    let writer = writer_sql.engine_with(redis.config(&writer_sql)).await;
+    for (id, text) in JSON_TEXTS {
+        writer
+            .submit(SyncItem::new(id.into(), text.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    let binary = b"\x00bin\x00\xff\xfe\x00".to_vec();
+    writer
+        .submit(SyncItem::new("b.nul".into(), binary.clone()).with_state("blob"))
+        .await
+        .unwrap();
+    writer.shutdown().await;
+
+    // a second engine on the same Redis prefix but an empty SQL database: only Redis can answer
+    let reader_sql = Backend::sqlite();
+    let reader = reader_sql.engine_with(redis.config(&reader_sql)).await;
+    for (id, text) in JSON_TEXTS {
+        let got = reader
+            .get_verified(id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} not in Redis"));
+        assert_eq!(got.content(), text.as_bytes(), "{id}");
+        assert_eq!(got.content_type(), ContentType::Json);
+    }
+    let got = reader.get_verified("b.nul").await.unwrap().unwrap();
+    assert_eq!(
+        (got.content(), got.state(), got.content_type()),
+        (&binary[..], "blob", ContentType::Binary)
+    );
+    assert!(reader.get("absent").await.unwrap().is_none());
+    reader.shutdown().await;
+}
+
+async fn routing_and_ttl(redis: Redis) {
+    let sql = Backend::sqlite();
+    let engine = sql.engine_with(redis.config(&sql)).await;
+    let mut raw = redis.raw().await;
+    let key = |id: &str| format!("{}{id}", redis.prefix);
+
+    engine
+        .submit(SyncItem::new("both".into(), b"1".to_vec()))
+        .await
+        .unwrap();
+    engine
+        .submit_with(
+            SyncItem::new("cache".into(), b"2".to_vec()),
+            SubmitOptions::cache(CacheTtl::Hour),
+        )
+        .await
+        .unwrap();
+    engine
+        .submit_with(
+            SyncItem::new("durable".into(), b"3".to_vec()),
+            SubmitOptions::durable(),
+        )
+        .await
+        .unwrap();
+    engine
+        .submit_with(
+            SyncItem::new("short".into(), b"4".to_vec()),
+            SubmitOptions::cache(CacheTtl::Custom(1)),
+        )
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+
+    let rows: Vec<Vec<u8>> = sql
+        .raw()
+        .await
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        rows,
+        vec![b"both".to_vec(), b"durable".to_vec()],
+        "cache-only items never reach SQL"
+    );
+    assert!(raw.exists::<_, bool>(key("both")).await.unwrap());
+    assert!(
+        !raw.exists::<_, bool>(key("durable")).await.unwrap(),
+        "durable items never reach Redis"
+    );
+    let ttl: i64 = raw.pttl(key("cache")).await.unwrap();
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "TTL set with the write: {ttl}"
+    );
+    assert_eq!(
+        raw.pttl::<_, i64>(key("both")).await.unwrap(),
+        -1,
+        "no TTL by default"
+    );
+
+    engine.clear_l1();
+    assert_eq!(
+        engine.get("cache").await.unwrap().unwrap().content(),
+        b"2",
+        "served by Redis"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || engine
+            .get("short")
+            .await
+            .unwrap()
+            .is_none())
+        .await,
+        "a 1 s TTL expires in Redis and in L1"
+    );
+    assert!(!raw.exists::<_, bool>(key("short")).await.unwrap());
+
+    // re-routing an item to SQL only removes its Redis copy
+    engine
+        .submit_with(
+            SyncItem::new("both".into(), b"5".to_vec()),
+            SubmitOptions::durable(),
+        )
+        .await
+        .unwrap();
+    engine.delete("cache").await.unwrap();
+    engine.flush().await.unwrap();
+    assert!(!raw.exists::<_, bool>(key("both")).await.unwrap());
+    assert!(!raw.exists::<_, bool>(key("cache")).await.unwrap());
+    engine.clear_l1();
+    assert_eq!(engine.get("both").await.unwrap().unwrap().content(), b"5");
+    engine.shutdown().await;
+}
+
+async fn ranges_and_states_reach_redis(redis: Redis) {
+    let sql = Backend::sqlite();
+    let engine = sql.engine_with(redis.config(&sql)).await;
+    let mut raw = redis.raw().await;
+    let key = |id: &str| format!("{}{id}", redis.prefix);
+    for id in ["p*1", "p*2", "p?3", "q1", "q2"] {
+        engine
+            .submit(SyncItem::new(id.into(), id.as_bytes().to_vec()).with_state("delta"))
+            .await
+            .unwrap();
+    }
+    engine
+        .submit_with(
+            SyncItem::new("p*cache".into(), b"c".to_vec()),
+            SubmitOptions::cache(CacheTtl::Hour),
+        )
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+
+    assert!(engine.set_state("q1", "merged").await.unwrap());
+    engine.clear_l1();
+    let reader_sql = Backend::sqlite();
+    let reader = reader_sql.engine_with(redis.config(&reader_sql)).await;
+    assert_eq!(
+        reader.get("q1").await.unwrap().unwrap().state(),
+        "merged",
+        "Redis copy restated"
+    );
+
+    // `*` and `?` in the prefix are literal
+    assert_eq!(engine.delete_prefix("p*").await.unwrap(), 2);
+    for id in ["p*1", "p*2", "p*cache"] {
+        assert!(!raw.exists::<_, bool>(key(id)).await.unwrap(), "{id}");
+    }
+    assert!(raw.exists::<_, bool>(key("p?3")).await.unwrap());
+    assert_eq!(engine.delete_by_state("delta").await.unwrap(), 2);
+    assert!(!raw.exists::<_, bool>(key("q2")).await.unwrap());
+    assert!(raw.exists::<_, bool>(key("q1")).await.unwrap());
+    engine.shutdown().await;
+    reader.shutdown().await;
+}
+
+async fn prefixes_isolate_engines(redis: Redis) {
+    let other = Redis {
+        url: redis.url.clone(),
+        prefix: format!("{}other:", redis.prefix),
+    };
+    let sql = Backend::sqlite();
+    let a = sql.engine_with(redis.config(&sql)).await;
+    a.submit_with(
+        SyncItem::new("shared-id".into(), b"a".to_vec()),
+        SubmitOptions::cache(CacheTtl::Hour),
+    )
+    .await
+    .unwrap();
+    a.flush().await.unwrap();
+    let b = engine(other.config(&Backend::sqlite())).await;
+    assert!(b.get("shared-id").await.unwrap().is_none());
+    b.submit_with(
+        SyncItem::new("shared-id".into(), b"b".to_vec()),
+        SubmitOptions::cache(CacheTtl::Hour),
+    )
+    .await
+    .unwrap();
+    b.flush().await.unwrap();
+    a.clear_l1();
+    assert_eq!(a.get("shared-id").await.unwrap().unwrap().content(), b"a");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+macro_rules! on_both_redis {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn plain() {
+                    super::$scenario(super::Redis::from_env(super::PLAIN_ENV)).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn stack() {
+                    super::$scenario(super::Redis::from_env(super::STACK_ENV)).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_redis!(
+    round_trip_through_redis_alone,
+    routing_and_ttl,
+    ranges_and_states_reach_redis,
+    prefixes_isolate_engines
+);
+
+/// Which shape each server gets: RedisJSON documents only where the module exists.
+#[tokio::test]
+async fn json_items_are_documents_only_with_the_module() {
+    for (env, expected) in [(PLAIN_ENV, "hash"), (STACK_ENV, "ReJSON-RL")] {
+        let redis = Redis::from_env(env);
+        let sql = Backend::sqlite();
+        let engine = sql.engine_with(redis.config(&sql)).await;
+        engine
+            .submit(SyncItem::new("j".into(), br#"{"name":"Ada"}"#.to_vec()))
+            .await
+            .unwrap();
+        engine
+            .submit(SyncItem::new("b".into(), b"\x00\x01".to_vec()))
+            .await
+            .unwrap();
+        engine.flush().await.unwrap();
+        let mut raw = redis.raw().await;
+        let kind: String = redis::cmd("TYPE")
+            .arg(format!("{}j", redis.prefix))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(kind, expected, "{env}");
+        let payload: Vec<u8> = raw
+            .hget(format!("{}b", redis.prefix), "payload")
+            .await
+            .unwrap();
+        assert_eq!(payload, b"\x00\x01", "binary stays raw bytes");
+        engine.shutdown().await;
+    }
+}
