@@ -124,6 +124,20 @@ mod tests {
     }
 
     #[test]
+    fn shipped_pipeline_files_load() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let config =
+                SyncEngineConfig::load(Some(&path)).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            assert!(config.sql_url.is_some(), "{path:?}");
+            loaded += 1;
+        }
+        assert!(loaded > 0);
+    }
+
+    #[test]
     fn bad_values_are_config_errors() {
         let config = SyncEngineConfig {
             backpressure_warn: 0.95,

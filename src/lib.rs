@@ -39,3 +39,8 @@ pub use error::{ErrorClass, Result, SyncError};
 pub use item::{ContentType, SyncItem};
 pub use l1::L1Stats;
 pub use options::{CacheTtl, SubmitOptions};
+
+/// The README's code blocks compile as doc tests, so its Quick Start cannot drift.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
