@@ -417,6 +417,17 @@ impl SyncEngine {
         .await
     }
 
+    /// The ids Redis holds in `state` (its state set; members whose key expired are pruned
+    /// from the set by this call). Cache-only items are here but not in `get_by_state`.
+    pub async fn redis_state_members(&self, state: &str) -> Result<Vec<String>> {
+        self.tier()?;
+        let redis = self
+            .redis
+            .as_ref()
+            .ok_or_else(|| SyncError::Config("no redis_url".into()))?;
+        Ok(redis.state_members(state).await?)
+    }
+
     /// Cached plus pending bytes over `l1_max_bytes` (0.0 = empty).
     pub fn memory_pressure(&self) -> f64 {
         self.l1.memory_pressure()

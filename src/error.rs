@@ -43,6 +43,9 @@ pub enum SyncError {
 
     #[error("SQL migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+
+    #[error("Redis tier: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 impl SyncError {
@@ -52,6 +55,7 @@ impl SyncError {
             | SyncError::InvalidState { .. }
             | SyncError::PayloadTooLarge { .. }
             | SyncError::Corrupt { .. } => ErrorClass::Data,
+            SyncError::Redis(_) => ErrorClass::Retryable,
             SyncError::NotRunning | SyncError::Config(_) | SyncError::Migrate(_) => {
                 ErrorClass::Fatal
             }

@@ -128,6 +128,10 @@ impl Writer {
                     let deleted = self.tier.delete_by_state(&state, version).await;
                     if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
                         remove_from_redis(redis, ids).await;
+                        // cache-only items in the state are in its Redis set, not in SQL
+                        if let Err(e) = redis.remove_state(&state).await {
+                            warn!(error = %e, state, "Redis state delete failed; cache-only copies expire by TTL");
+                        }
                     }
                     self.l1
                         .invalidate_where(version, |item| item.state() == state);

@@ -281,6 +281,106 @@ async fn prefixes_isolate_engines(redis: Redis) {
     b.shutdown().await;
 }
 
+/// A small deterministic generator, so a failing sequence can be replayed from its seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+async fn state_sets_follow_sql(redis: Redis) {
+    let sql = Backend::sqlite();
+    let engine = sql.engine_with(redis.config(&sql)).await;
+    let states = ["delta", "merged", "odd state:*"];
+    for seed in [7_u64, 42, 1234] {
+        let mut rng = XorShift(seed);
+        let mut log = Vec::new();
+        for _ in 0..150 {
+            let id = format!("s{seed}:{}", rng.below(12));
+            let state = states[rng.below(3) as usize];
+            match rng.below(10) {
+                0..=4 => {
+                    let item = SyncItem::new(id.clone(), id.as_bytes().to_vec()).with_state(state);
+                    engine.submit(item).await.unwrap();
+                }
+                5 | 6 => {
+                    engine.set_state(&id, state).await.unwrap();
+                }
+                7 | 8 => engine.delete(&id).await.unwrap(),
+                _ => {
+                    engine.delete_by_state(state).await.unwrap();
+                }
+            }
+            log.push((id, state));
+        }
+        engine.flush().await.unwrap();
+        let rows = sql.raw().await.rows().await;
+        for state in states {
+            let mut in_sql: Vec<String> = rows
+                .iter()
+                .filter(|r| r.state == state.as_bytes())
+                .map(|r| String::from_utf8(r.id.clone()).unwrap())
+                .collect();
+            let mut in_redis = engine.redis_state_members(state).await.unwrap();
+            in_sql.sort();
+            in_redis.sort();
+            assert_eq!(
+                in_redis, in_sql,
+                "seed {seed}, state {state:?}, ops {log:?}"
+            );
+        }
+    }
+    engine.shutdown().await;
+}
+
+async fn expired_keys_leave_their_state_set(redis: Redis) {
+    let sql = Backend::sqlite();
+    let engine = sql.engine_with(redis.config(&sql)).await;
+    let short = SubmitOptions::cache(CacheTtl::Custom(1)).with_state("ephemeral");
+    engine
+        .submit_with(SyncItem::new("gone".into(), b"x".to_vec()), short)
+        .await
+        .unwrap();
+    let kept = SubmitOptions::cache(CacheTtl::Hour).with_state("ephemeral");
+    engine
+        .submit_with(SyncItem::new("kept".into(), b"y".to_vec()), kept)
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+    let mut members = engine.redis_state_members("ephemeral").await.unwrap();
+    members.sort();
+    assert_eq!(members, ["gone", "kept"]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            engine.redis_state_members("ephemeral").await.unwrap() == ["kept"]
+        })
+        .await,
+        "an expired key leaves the set when the set is read"
+    );
+    let set_key = {
+        let mut k = redis.prefix.as_bytes().to_vec();
+        k.extend_from_slice(b"\xffstate:ephemeral");
+        k
+    };
+    let raw: Vec<String> = redis.raw().await.smembers(set_key).await.unwrap();
+    assert_eq!(raw, ["kept"], "and is removed from the set itself");
+    // delete_by_state reaches cache-only items through the set
+    engine.delete_by_state("ephemeral").await.unwrap();
+    assert!(engine.get("kept").await.unwrap().is_none());
+    assert!(!redis
+        .raw()
+        .await
+        .exists::<_, bool>(format!("{}kept", redis.prefix))
+        .await
+        .unwrap());
+    engine.shutdown().await;
+}
+
 macro_rules! on_both_redis {
     ($($scenario:ident),* $(,)?) => {
         $(
@@ -302,7 +402,9 @@ on_both_redis!(
     round_trip_through_redis_alone,
     routing_and_ttl,
     ranges_and_states_reach_redis,
-    prefixes_isolate_engines
+    prefixes_isolate_engines,
+    state_sets_follow_sql,
+    expired_keys_leave_their_state_set,
 );
 
 /// Which shape each server gets: RedisJSON documents only where the module exists.

@@ -7,11 +7,19 @@
 //!   RediSearch can index `$.payload.*`; `raw` is what `get` returns, because RedisJSON
 //!   rewrites numbers and whitespace. JSON RedisJSON cannot hold (e.g. `1e400`) stays a hash.
 //!
-//! A batch's writes go out as one MULTI/EXEC pipeline after the SQL commit, so a TTL is set
-//! atomically with its value. Redis must never serve a value older than SQL: when a write
-//! fails, its ids are remembered as *dirty* — reads skip Redis for them, and the next
+//! **State sets.** `{redis_prefix}\xffstate:{state}` is the set of cached ids in that state.
+//! The `0xFF` byte can never occur in a (UTF-8) id, so no item key can collide with a set,
+//! whatever the ids look like. Every write goes through `lua/write.lua`, which reads the
+//! old state from the key it replaces, so sets and items change together, atomically. When a
+//! TTL'd key expires, Redis does not tell us: its id stays in the set until the set is next
+//! read through [`RedisTier::state_members`], which drops members whose key is gone.
+//!
+//! **Writes.** A batch's writes go out as one MULTI/EXEC pipeline after the SQL commit, so a
+//! TTL is set atomically with its value. Redis must never serve a value older than SQL: when
+//! a write fails, its ids are remembered as *dirty* — reads skip Redis for them, and the next
 //! pipeline deletes them first. While Redis is unreachable, calls fail fast for a second
 //! (instead of paying a connect timeout each time) and callers fall back to SQL.
+//! Not supported: Redis Cluster (the scripts touch keys they cannot declare up front).
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -33,36 +41,36 @@ pub(crate) enum CacheWrite<'a> {
     Remove { id: &'a str },
 }
 
-/// Commands per MULTI/EXEC pipeline; a larger batch takes several round trips.
-const COMMANDS_PER_PIPELINE: usize = 4000;
+impl CacheWrite<'_> {
+    fn id(&self) -> &str {
+        match self {
+            CacheWrite::Put { item, .. } => item.id(),
+            CacheWrite::Remove { id } => id,
+        }
+    }
+}
+
+/// Writes per MULTI/EXEC pipeline; a larger batch takes several round trips.
+const WRITES_PER_PIPELINE: usize = 2000;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a connection failure, calls fail fast for this long.
 const COOL_DOWN: Duration = Duration::from_secs(1);
 
-/// Reads one key whatever its shape, with its remaining TTL in ms (-1: none):
-/// `{type, payload, hash, state, version, pttl}`, `{'rejson', document, pttl}`, or false.
-const READ_SCRIPT: &str = r#"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'hash' then
-  local f = redis.call('HMGET', KEYS[1], 'payload', 'hash', 'state', 'version', 'type')
-  return {f[5], f[1], f[2], f[3], f[4], redis.call('PTTL', KEYS[1])}
-elseif t == 'ReJSON-RL' then
-  local doc = redis.call('JSON.GET', KEYS[1], '$.raw', '$.hash', '$.state', '$.version')
-  return {'rejson', doc, redis.call('PTTL', KEYS[1])}
-end
-return false
-"#;
-
 pub struct RedisTier {
     client: redis::Client,
     prefix: String,
+    /// Key prefix of the state sets: `{prefix}\xffstate:`.
+    sets: Vec<u8>,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     cooling_until: Mutex<Option<Instant>>,
     /// Whether the server has RedisJSON, learnt on the first connection.
     json_module: Mutex<Option<bool>>,
     dirty: Mutex<HashSet<String>>,
+    write_script: redis::Script,
     read_script: redis::Script,
+    restate_script: redis::Script,
+    members_script: redis::Script,
 }
 
 fn unavailable(why: &'static str) -> RedisError {
@@ -72,19 +80,32 @@ fn unavailable(why: &'static str) -> RedisError {
 impl RedisTier {
     /// Does not connect: Redis may be down at start and come up later.
     pub fn new(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        let mut sets = prefix.as_bytes().to_vec();
+        sets.extend_from_slice(b"\xffstate:");
         Ok(RedisTier {
             client: redis::Client::open(url)?,
             prefix: prefix.to_string(),
+            sets,
             connection: tokio::sync::Mutex::new(None),
             cooling_until: Mutex::new(None),
             json_module: Mutex::new(None),
             dirty: Mutex::new(HashSet::new()),
-            read_script: redis::Script::new(READ_SCRIPT),
+            write_script: redis::Script::new(include_str!("lua/write.lua")),
+            read_script: redis::Script::new(include_str!("lua/read.lua")),
+            restate_script: redis::Script::new(include_str!("lua/restate.lua")),
+            members_script: redis::Script::new(include_str!("lua/members.lua")),
         })
     }
 
     pub fn key(&self, id: &str) -> String {
         format!("{}{}", self.prefix, id)
+    }
+
+    /// The key of the set of cached ids in `state`.
+    pub fn state_set_key(&self, state: &str) -> Vec<u8> {
+        let mut key = self.sets.clone();
+        key.extend_from_slice(state.as_bytes());
+        key
     }
 
     /// Whether JSON items are stored as RedisJSON documents (None: not connected yet).
@@ -130,7 +151,7 @@ impl RedisTier {
         *self.cooling_until.lock().expect("lock") = Some(Instant::now() + COOL_DOWN);
     }
 
-    /// Marks the outcome of a call: connection-level failures start a cool-down.
+    /// Passes a result through; connection-level failures start a cool-down.
     fn observe<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
         if let Err(e) = &result {
             if e.is_io_error()
@@ -160,7 +181,8 @@ impl RedisTier {
         if writes.is_empty() && dirty.is_empty() {
             return Ok(());
         }
-        let result = self.write_all(writes, &dirty).await;
+        let cleanup: Vec<CacheWrite> = dirty.iter().map(|id| CacheWrite::Remove { id }).collect();
+        let result = self.write_all(&cleanup, writes).await;
         let mut set = self.dirty.lock().expect("lock");
         match &result {
             Ok(()) => {
@@ -169,13 +191,9 @@ impl RedisTier {
                 }
             }
             Err(e) => {
-                warn!(error = %e, items = writes.len(), "Redis write failed; those ids bypass Redis until rewritten");
-                for w in writes {
-                    set.insert(match w {
-                        CacheWrite::Put { item, .. } => item.id().to_string(),
-                        CacheWrite::Remove { id } => id.to_string(),
-                    });
-                }
+                warn!(error = %e, items = writes.len(),
+                    "Redis write failed; those ids bypass Redis until rewritten");
+                set.extend(writes.iter().map(|w| w.id().to_string()));
             }
         }
         result
@@ -183,84 +201,66 @@ impl RedisTier {
 
     async fn write_all(
         &self,
+        cleanup: &[CacheWrite<'_>],
         writes: &[CacheWrite<'_>],
-        dirty: &[String],
     ) -> Result<(), RedisError> {
         let mut connection = self.connection().await?;
         let use_json = self.uses_redisjson().unwrap_or(false);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut commands = 0;
-        for id in dirty {
-            pipe.del(self.key(id)).ignore();
-            commands += 1;
-        }
-        for write in writes {
-            if commands >= COMMANDS_PER_PIPELINE {
-                self.observe(pipe.query_async::<()>(&mut connection).await)?;
-                pipe = redis::pipe();
-                pipe.atomic();
-                commands = 0;
+        let all: Vec<&CacheWrite> = cleanup.iter().chain(writes).collect();
+        for chunk in all.chunks(WRITES_PER_PIPELINE) {
+            let mut pipe = redis::pipe();
+            // inside MULTI, so a Redis that restarted (and forgot scripts) still runs them
+            pipe.atomic()
+                .cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(include_str!("lua/write.lua"))
+                .ignore();
+            for write in chunk {
+                self.add_write(&mut pipe, write, use_json);
             }
-            commands += self.add_write(&mut pipe, write, use_json);
-        }
-        if commands > 0 {
             self.observe(pipe.query_async::<()>(&mut connection).await)?;
         }
         Ok(())
     }
 
-    /// Adds one write's commands to `pipe`; returns how many.
-    fn add_write(
-        &self,
-        pipe: &mut redis::Pipeline,
-        write: &CacheWrite<'_>,
-        use_json: bool,
-    ) -> usize {
+    fn add_write(&self, pipe: &mut redis::Pipeline, write: &CacheWrite<'_>, use_json: bool) {
+        let command = pipe
+            .cmd("EVALSHA")
+            .arg(self.write_script.get_hash())
+            .arg(1)
+            .arg(self.key(write.id()))
+            .arg(write.id())
+            .arg(&self.sets);
         let (item, ttl) = match write {
-            CacheWrite::Remove { id } => {
-                pipe.del(self.key(id)).ignore();
-                return 1;
+            CacheWrite::Remove { .. } => {
+                command.arg("del").arg(0).arg("").ignore();
+                return;
             }
             CacheWrite::Put { item, ttl } => (item, ttl),
         };
-        let key = self.key(item.id());
-        // the previous value may have the other shape
-        pipe.del(&key).ignore();
+        let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
         match item
             .json_text()
             .filter(|text| use_json && redisjson_accepts(text))
         {
-            Some(text) => {
-                pipe.cmd("JSON.SET")
-                    .arg(&key)
-                    .arg("$")
-                    .arg(json_document(item, text))
-                    .ignore();
-            }
-            None => {
-                let kind = match item.content_type() {
+            Some(text) => command
+                .arg("json")
+                .arg(ttl_ms)
+                .arg(item.state())
+                .arg(json_document(item, text)),
+            None => command
+                .arg("hash")
+                .arg(ttl_ms)
+                .arg(item.state())
+                .arg(item.content())
+                .arg(item.content_hash())
+                .arg(item.version())
+                .arg(match item.content_type() {
                     ContentType::Json => "json",
                     ContentType::Binary => "binary",
-                };
-                pipe.hset_multiple(
-                    &key,
-                    &[
-                        ("payload", item.content()),
-                        ("hash", item.content_hash().as_bytes()),
-                        ("state", item.state().as_bytes()),
-                        ("version", item.version().to_string().as_bytes()),
-                        ("type", kind.as_bytes()),
-                    ],
-                )
-                .ignore();
-            }
+                }),
         }
-        if let Some(ttl) = ttl {
-            pipe.pexpire(&key, ttl.as_millis().max(1) as i64).ignore();
-            return 3;
-        }
-        2
+        .ignore();
     }
 
     /// The item under `id` with its remaining TTL, or `None`; errors mean "ask the next tier".
@@ -281,12 +281,12 @@ impl RedisTier {
         decode(id, reply)
     }
 
-    /// Deletes every key under `{prefix}{id_prefix}` (SCAN, so it never blocks Redis).
-    pub(crate) async fn remove_prefix(&self, id_prefix: &str) -> Result<u64, RedisError> {
+    /// Deletes every item key under `{prefix}{id_prefix}` (SCAN, so it never blocks Redis),
+    /// state sets included.
+    pub(crate) async fn remove_prefix(&self, id_prefix: &str) -> Result<(), RedisError> {
         let mut connection = self.connection().await?;
         let pattern = format!("{}*", glob_escape(&self.key(id_prefix)));
         let mut cursor: u64 = 0;
-        let mut removed = 0;
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = self.observe(
                 redis::cmd("SCAN")
@@ -298,16 +298,15 @@ impl RedisTier {
                     .query_async(&mut connection)
                     .await,
             )?;
-            if !keys.is_empty() {
-                removed += self.observe(
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<u64>(&mut connection)
-                        .await,
-                )?;
-            }
+            let ids: Vec<String> = keys
+                .iter()
+                .filter_map(|k| k.strip_prefix(self.prefix.as_bytes()))
+                .filter_map(|id| std::str::from_utf8(id).ok().map(str::to_string))
+                .collect();
+            let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
+            self.write_all(&[], &writes).await?;
             if next == 0 {
-                return Ok(removed);
+                return Ok(());
             }
             cursor = next;
         }
@@ -321,35 +320,39 @@ impl RedisTier {
         version: u64,
     ) -> Result<bool, RedisError> {
         let mut connection = self.connection().await?;
-        let key = self.key(id);
-        let kind: String = self.observe(
-            redis::cmd("TYPE")
-                .arg(&key)
-                .query_async(&mut connection)
+        let moved: i64 = self.observe(
+            self.restate_script
+                .key(self.key(id))
+                .arg(id)
+                .arg(&self.sets)
+                .arg(state)
+                .arg(version)
+                .invoke_async(&mut connection)
                 .await,
         )?;
-        let mut pipe = redis::pipe();
-        match kind.as_str() {
-            "hash" => {
-                pipe.hset_multiple(&key, &[("state", state), ("version", &version.to_string())])
-                    .ignore();
-            }
-            "ReJSON-RL" => {
-                pipe.cmd("JSON.SET")
-                    .arg(&key)
-                    .arg("$.state")
-                    .arg(serde_json::to_string(state).expect("string"))
-                    .ignore();
-                pipe.cmd("JSON.SET")
-                    .arg(&key)
-                    .arg("$.version")
-                    .arg(version)
-                    .ignore();
-            }
-            _ => return Ok(false),
-        }
-        self.observe(pipe.atomic().query_async::<()>(&mut connection).await)?;
-        Ok(true)
+        Ok(moved == 1)
+    }
+
+    /// The cached ids in `state` (members whose key expired are dropped from the set).
+    pub async fn state_members(&self, state: &str) -> Result<Vec<String>, RedisError> {
+        self.members(state, "read").await
+    }
+
+    /// Deletes every cached item in `state` and its set; returns their ids.
+    pub(crate) async fn remove_state(&self, state: &str) -> Result<Vec<String>, RedisError> {
+        self.members(state, "delete").await
+    }
+
+    async fn members(&self, state: &str, mode: &str) -> Result<Vec<String>, RedisError> {
+        let mut connection = self.connection().await?;
+        self.observe(
+            self.members_script
+                .key(self.state_set_key(state))
+                .arg(&self.prefix)
+                .arg(mode)
+                .invoke_async(&mut connection)
+                .await,
+        )
     }
 }
 
@@ -483,5 +486,16 @@ mod tests {
         assert_eq!(doc["payload"]["n"], 1.0);
         assert_eq!(doc["version"], 7);
         assert!(!redisjson_accepts("{\"n\": 1e400}"));
+    }
+
+    #[test]
+    fn state_sets_cannot_collide_with_item_keys() {
+        let tier = RedisTier::new("redis://127.0.0.1:1", "p:").unwrap();
+        let set = tier.state_set_key("x");
+        assert!(
+            std::str::from_utf8(&set).is_err(),
+            "not a key any UTF-8 id can produce"
+        );
+        assert!(set.starts_with(b"p:"));
     }
 }
