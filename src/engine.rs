@@ -216,6 +216,11 @@ impl SyncEngine {
         self.tier()?;
         self.l1.wait_for_room(item.mem_size()).await;
         let ttl = options.redis_ttl.map(|t| t.as_duration());
+        item.set_redis_ttl_ms(
+            options
+                .redis
+                .then(|| ttl.map_or(0, |t| t.as_millis().max(1) as u64)),
+        );
         let mut sequencer = self.sequencer.lock().expect("sequencer lock");
         sequencer.check_open()?;
         let version = sequencer.version(item.version());
@@ -307,7 +312,7 @@ impl SyncEngine {
         }
         let found = tier.get(id).await?;
         if let Some(item) = &found {
-            self.l1.warm(item.clone(), None, epoch);
+            self.promote(item, epoch);
         }
         Ok(found)
     }
@@ -342,7 +347,7 @@ impl SyncEngine {
             let wanted: Vec<&str> = misses.iter().map(|(_, id)| *id).collect();
             for ((i, _), found) in misses.iter().zip(tier.get_many(&wanted).await?) {
                 if let Some(item) = &found {
-                    self.l1.warm(item.clone(), None, epoch);
+                    self.promote(item, epoch);
                 }
                 answers[*i] = found;
             }
@@ -451,6 +456,23 @@ impl SyncEngine {
     /// Drops every committed item from L1 (pending writes stay), so reads go to lower tiers.
     pub fn clear_l1(&self) {
         self.l1.clear_cache();
+    }
+
+    /// Re-caches an item read from SQL: in L1 unless memory is critical, and in Redis if it
+    /// was routed there. The Redis copy is written by the writer (in queue order), and only
+    /// if nothing committed since the read — otherwise it could be older than SQL.
+    fn promote(&self, item: &SyncItem, epoch: u64) {
+        if self.pressure() < BackpressureLevel::Critical {
+            self.l1.warm(item.clone(), None, epoch);
+        }
+        if self.redis.is_some() && item.redis_ttl_ms().is_some() {
+            let promote = Command::Promote {
+                item: Arc::new(item.clone()),
+                epoch,
+            };
+            // a stopped queue only means nothing gets cached
+            let _ = self.sequencer.lock().expect("sequencer lock").send(promote);
+        }
     }
 
     fn tier(&self) -> Result<&Arc<dyn DurableTier>> {

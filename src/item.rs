@@ -45,6 +45,9 @@ pub struct SyncItem {
     state: String,
     version: u64,
     source: Arc<str>,
+    /// How the item is routed to Redis: `None` not at all, `Some(0)` without TTL,
+    /// `Some(ms)` with that TTL. Stored in SQL so a read from SQL can re-cache it.
+    redis_ttl_ms: Option<u64>,
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -65,6 +68,7 @@ impl SyncItem {
             state: DEFAULT_STATE.to_string(),
             version: 0,
             source: Arc::from(LOCAL_SOURCE),
+            redis_ttl_ms: Some(0),
         }
     }
 
@@ -103,6 +107,7 @@ impl SyncItem {
         content_hash: String,
         state: String,
         version: u64,
+        redis_ttl_ms: Option<u64>,
     ) -> Self {
         SyncItem {
             id,
@@ -112,6 +117,7 @@ impl SyncItem {
             state,
             version,
             source: Arc::from(LOCAL_SOURCE),
+            redis_ttl_ms,
         }
     }
 
@@ -171,6 +177,14 @@ impl SyncItem {
     pub(crate) fn mem_size(&self) -> usize {
         const OVERHEAD: usize = 128;
         self.id.len() + self.content.len() + self.state.len() + self.content_hash.len() + OVERHEAD
+    }
+
+    pub(crate) fn redis_ttl_ms(&self) -> Option<u64> {
+        self.redis_ttl_ms
+    }
+
+    pub(crate) fn set_redis_ttl_ms(&mut self, ttl_ms: Option<u64>) {
+        self.redis_ttl_ms = ttl_ms;
     }
 
     pub(crate) fn set_version(&mut self, version: u64) {
@@ -276,6 +290,7 @@ mod tests {
             content_hash(b"abd"),
             DEFAULT_STATE.into(),
             1,
+            None,
         );
         assert!(matches!(item.verify(), Err(SyncError::Corrupt { .. })));
     }

@@ -217,6 +217,10 @@ impl L1 {
         self.trim();
     }
 
+    pub(crate) fn has_pending(&self, id: &str) -> bool {
+        self.pending().contains_key(id)
+    }
+
     /// The epoch to pass to [`L1::warm`], read before fetching from a lower tier.
     pub(crate) fn epoch(&self) -> u64 {
         *self.epoch_lock()

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use crate::batch::{Batch, Entry, Limits};
 use crate::config::SyncEngineConfig;
 use crate::error::Result;
+use crate::item::SyncItem;
 use crate::l1::{Settled, L1};
 use crate::tier::redis::{CacheWrite, RedisTier};
 use crate::tier::{DurableTier, Op};
@@ -46,6 +47,11 @@ pub(crate) enum Command {
         state: String,
         version: u64,
         reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Re-cache in Redis an item read from SQL while the L1 epoch was `epoch`.
+    Promote {
+        item: Arc<SyncItem>,
+        epoch: u64,
     },
 }
 
@@ -82,16 +88,23 @@ impl Writer {
                 self.flush(&mut batch).await;
                 return;
             };
-            if let Command::Write(entry) = command {
-                batch.push(entry);
-                if batch.is_full(&limits) {
-                    self.flush(&mut batch).await;
+            match command {
+                Command::Write(entry) => {
+                    batch.push(entry);
+                    if batch.is_full(&limits) {
+                        self.flush(&mut batch).await;
+                    }
+                    continue;
                 }
-                continue;
+                Command::Promote { item, epoch } => {
+                    self.promote(&item, epoch).await;
+                    continue;
+                }
+                _ => {}
             }
             self.flush(&mut batch).await;
             match command {
-                Command::Write(_) => unreachable!("handled above"),
+                Command::Write(_) | Command::Promote { .. } => unreachable!("handled above"),
                 Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
@@ -139,6 +152,20 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Writes a promoted item to Redis if it is still current: no commit since it was read
+    /// (the L1 epoch is unchanged) and no newer op pending for it.
+    async fn promote(&self, item: &SyncItem, epoch: u64) {
+        let Some(redis) = &self.redis else { return };
+        if self.l1.epoch() != epoch || self.l1.has_pending(item.id()) {
+            return;
+        }
+        let ttl = item
+            .redis_ttl_ms()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        let _ = redis.write(&[CacheWrite::Put { item, ttl }]).await;
     }
 
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {

@@ -281,6 +281,63 @@ async fn prefixes_isolate_engines(redis: Redis) {
     b.shutdown().await;
 }
 
+async fn sql_hits_are_promoted(redis: Redis) {
+    let sql = Backend::sqlite();
+    let engine = sql.engine_with(redis.config(&sql)).await;
+    let mut raw = redis.raw().await;
+    let key = |id: &str| format!("{}{id}", redis.prefix);
+    engine
+        .submit(SyncItem::new("hot".into(), br#"{"a": 1}"#.to_vec()))
+        .await
+        .unwrap();
+    let ttl = SubmitOptions {
+        redis_ttl: Some(CacheTtl::Hour),
+        ..Default::default()
+    };
+    engine
+        .submit_with(SyncItem::new("warm".into(), b"w".to_vec()), ttl)
+        .await
+        .unwrap();
+    engine
+        .submit_with(
+            SyncItem::new("cold".into(), b"c".to_vec()),
+            SubmitOptions::durable(),
+        )
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+    // Redis lost its copies (eviction, restart); L1 too
+    let _: () = raw.del(&[key("hot"), key("warm")]).await.unwrap();
+    engine.clear_l1();
+    for id in ["hot", "warm", "cold"] {
+        assert!(engine.get(id).await.unwrap().is_some());
+    }
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            raw.exists::<_, bool>(key("hot")).await.unwrap()
+                && raw.exists::<_, bool>(key("warm")).await.unwrap()
+        })
+        .await,
+        "an SQL hit re-caches the item in Redis"
+    );
+    let pttl: i64 = raw.pttl(key("warm")).await.unwrap();
+    assert!(pttl > 3_500_000, "with its TTL: {pttl}");
+    assert_eq!(raw.pttl::<_, i64>(key("hot")).await.unwrap(), -1);
+    engine.flush().await.unwrap();
+    assert!(
+        !raw.exists::<_, bool>(key("cold")).await.unwrap(),
+        "durable items never reach Redis"
+    );
+    engine.clear_l1();
+    let got = engine.get("hot").await.unwrap().unwrap();
+    assert_eq!(
+        got.content(),
+        br#"{"a": 1}"#,
+        "served from the promoted copy"
+    );
+    engine.shutdown().await;
+}
+
 /// A small deterministic generator, so a failing sequence can be replayed from its seed.
 struct XorShift(u64);
 
@@ -405,6 +462,7 @@ on_both_redis!(
     prefixes_isolate_engines,
     state_sets_follow_sql,
     expired_keys_leave_their_state_set,
+    sql_hits_are_promoted,
 );
 
 /// Which shape each server gets: RedisJSON documents only where the module exists.

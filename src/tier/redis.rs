@@ -464,7 +464,15 @@ fn decode(id: &str, reply: Value) -> Result<Option<(SyncItem, Option<Duration>)>
                 .map_err(|_| corrupt(id, "bad version"))?,
         )
     };
-    let item = SyncItem::from_stored(id.to_string(), content, content_type, hash, state, version);
+    let item = SyncItem::from_stored(
+        id.to_string(),
+        content,
+        content_type,
+        hash,
+        state,
+        version,
+        Some(0),
+    );
     Ok(Some((item, ttl)))
 }
 

@@ -68,7 +68,24 @@ impl Dialect {
     }
 }
 
-pub(super) const ITEM_COLUMNS: &str = "id, payload, payload_blob, content_hash, state, version";
+pub(super) const ITEM_COLUMNS: &str =
+    "id, payload, payload_blob, content_hash, state, version, redis_ttl_ms";
+
+/// Decodes a row selected with [`ITEM_COLUMNS`] (a macro: rows of both backends).
+macro_rules! item_from_row {
+    ($row:expr) => {
+        crate::tier::sql::decode_item(
+            $row.try_get(0)?,
+            $row.try_get(1)?,
+            $row.try_get(2)?,
+            $row.try_get(3)?,
+            $row.try_get(4)?,
+            $row.try_get(5)?,
+            $row.try_get(6)?,
+        )
+    };
+}
+pub(super) use item_from_row;
 
 pub struct SqlTier {
     pub(super) pool: Pool,
@@ -155,7 +172,7 @@ impl SqlTier {
                 query = query.bind(b.as_slice());
             }
             let rows = query.bind(limit.min(i64::MAX as usize) as i64).fetch_all(pool).await?;
-            rows.iter().map(|r| decode_item(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)).collect()
+            rows.iter().map(|r| item_from_row!(r)).collect()
         })
     }
 
@@ -228,6 +245,7 @@ pub(super) fn decode_item(
     content_hash: String,
     state: Vec<u8>,
     version: i64,
+    redis_ttl_ms: Option<i64>,
 ) -> Result<SyncItem> {
     let text = |bytes: Vec<u8>, what: &str| {
         String::from_utf8(bytes).map_err(|_| {
@@ -248,6 +266,7 @@ pub(super) fn decode_item(
         content_hash,
         text(state, "state")?,
         version as u64,
+        redis_ttl_ms.map(|ms| ms.max(0) as u64),
     ))
 }
 

@@ -14,12 +14,12 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
-use super::sql::{decode_item, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
+use super::sql::{item_from_row, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
 use super::Op;
 use crate::error::Result;
 use crate::item::SyncItem;
 
-/// Rows per multi-row statement: 7 binds each stays far below both backends' bind limits, and
+/// Rows per multi-row statement: 8 binds each stays far below both backends' bind limits, and
 /// a full chunk always has the same text, so its prepared statement is reused.
 const ROWS_PER_STATEMENT: usize = 500;
 /// Ids per `IN (…)` list.
@@ -39,8 +39,8 @@ fn rows(n: usize, columns: &str) -> String {
 
 fn upsert_items_sql(dialect: Dialect, n: usize) -> String {
     let head = format!(
-        "INSERT INTO sync_items (id, payload, payload_blob, content_hash, state, source, version) VALUES {}",
-        rows(n, "(?,?,?,?,?,?,?)")
+        "INSERT INTO sync_items (id, payload, payload_blob, content_hash, state, source, version, redis_ttl_ms) VALUES {}",
+        rows(n, "(?,?,?,?,?,?,?,?)")
     );
     match dialect {
         // MySQL applies assignments left to right: `version` must be the last one, or the
@@ -52,6 +52,7 @@ fn upsert_items_sql(dialect: Dialect, n: usize) -> String {
              content_hash = IF(VALUES(version) > version, VALUES(content_hash), content_hash), \
              state = IF(VALUES(version) > version, VALUES(state), state), \
              source = IF(VALUES(version) > version, VALUES(source), source), \
+             redis_ttl_ms = IF(VALUES(version) > version, VALUES(redis_ttl_ms), redis_ttl_ms), \
              updated_at = IF(VALUES(version) > version, CURRENT_TIMESTAMP(6), updated_at), \
              version = IF(VALUES(version) > version, VALUES(version), version)"
         ),
@@ -59,6 +60,7 @@ fn upsert_items_sql(dialect: Dialect, n: usize) -> String {
             "{head} ON CONFLICT(id) DO UPDATE SET payload = excluded.payload, \
              payload_blob = excluded.payload_blob, content_hash = excluded.content_hash, \
              state = excluded.state, source = excluded.source, version = excluded.version, \
+             redis_ttl_ms = excluded.redis_ttl_ms, \
              updated_at = {} WHERE excluded.version > sync_items.version",
             dialect.now()
         ),
@@ -200,7 +202,8 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<bool>> {
                     .bind(item.content_hash())
                     .bind(item.state().as_bytes())
                     .bind(item.source().as_bytes())
-                    .bind(item.version() as i64);
+                    .bind(item.version() as i64)
+                    .bind(item.redis_ttl_ms().map(|ms| ms as i64));
             }
             query.execute(&mut *tx).await?;
         }
@@ -259,7 +262,7 @@ pub(super) async fn get_many(tier: &SqlTier, ids: &[&str]) -> Result<Vec<Option<
                 query = query.bind(id.as_bytes());
             }
             for r in query.fetch_all(pool).await? {
-                let item = decode_item(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)?;
+                let item = item_from_row!(r)?;
                 found.insert(item.id().to_string(), item);
             }
         });
