@@ -21,6 +21,7 @@ use crate::error::{Result, SyncError};
 use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
 use crate::options::SubmitOptions;
+use crate::search::{Query, SearchIndex};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
 use crate::tier::sql::SqlTier;
@@ -32,6 +33,15 @@ pub enum EngineState {
     Created,
     Running,
     Stopped,
+}
+
+/// Which executor answers [`SyncEngine::search`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchTier {
+    /// RediSearch when available, else (or when it fails) SQL.
+    Auto,
+    RedisOnly,
+    SqlOnly,
 }
 
 /// How full L1 is, from [`SyncEngine::pressure`].
@@ -420,6 +430,82 @@ impl SyncEngine {
             reply,
         })
         .await
+    }
+
+    /// Creates `index` in RediSearch (when Redis has the module; an existing index of that
+    /// name is kept). The SQL executor needs no index.
+    pub async fn create_search_index(&self, index: &SearchIndex) -> Result<()> {
+        index.validate()?;
+        self.tier()?;
+        match &self.redis {
+            Some(redis) if self.redisearch_available().await => {
+                Ok(redis.create_index(index).await?)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn drop_search_index(&self, name: &str) -> Result<()> {
+        self.tier()?;
+        match &self.redis {
+            Some(redis) if self.redisearch_available().await => Ok(redis.drop_index(name).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Up to `limit` JSON items matching `query`, by id; see [`crate::search`] for what each
+    /// query means. `SearchTier::Auto` asks RediSearch when the module is there and falls
+    /// back to SQL if it fails. Waits for pending writes first, like the range queries.
+    /// RediSearch sees items in Redis (so also cache-only ones); SQL sees durable ones.
+    pub async fn search(
+        &self,
+        index: &SearchIndex,
+        query: &Query,
+        limit: usize,
+        tier: SearchTier,
+    ) -> Result<Vec<SyncItem>> {
+        index.validate()?;
+        query.validate(index)?;
+        self.flush().await?;
+        let from_redis = match (&self.redis, tier) {
+            (_, SearchTier::SqlOnly) => None,
+            (Some(redis), _) if self.redisearch_available().await => {
+                match redis.search(&index.name, &query.redisearch()).await {
+                    Ok(items) => Some(items),
+                    Err(e) if tier == SearchTier::Auto => {
+                        warn!(error = %e, "RediSearch failed; searching SQL");
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (_, SearchTier::RedisOnly) => {
+                return Err(SyncError::Config(
+                    "no Redis with RediSearch to search".into(),
+                ))
+            }
+            _ => None,
+        };
+        let mut items = match from_redis {
+            Some(items) => items,
+            None => self.tier()?.search_candidates(query).await?,
+        };
+        items.retain(|item| query.matches(item));
+        items.sort_by(|a, b| a.id().cmp(b.id()));
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    async fn redisearch_available(&self) -> bool {
+        match &self.redis {
+            Some(redis) => {
+                if redis.uses_redisjson().is_none() {
+                    let _ = redis.connect().await;
+                }
+                redis.uses_redisjson() == Some(true)
+            }
+            None => false,
+        }
     }
 
     /// The ids Redis holds in `state` (its state set; members whose key expired are pruned

@@ -19,6 +19,9 @@ pub enum SyncError {
     #[error("invalid id {id:?}: {reason}")]
     InvalidId { id: String, reason: &'static str },
 
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+
     #[error("invalid state {state:?}: {reason}")]
     InvalidState { state: String, reason: &'static str },
 
@@ -54,6 +57,7 @@ impl SyncError {
             SyncError::InvalidId { .. }
             | SyncError::InvalidState { .. }
             | SyncError::PayloadTooLarge { .. }
+            | SyncError::InvalidQuery(_)
             | SyncError::Corrupt { .. } => ErrorClass::Data,
             SyncError::Redis(_) => ErrorClass::Retryable,
             SyncError::NotRunning | SyncError::Config(_) | SyncError::Migrate(_) => {

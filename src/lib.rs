@@ -30,11 +30,12 @@ pub mod error;
 pub mod item;
 mod l1;
 pub mod options;
+pub mod search;
 pub mod tier;
 mod writer;
 
 pub use config::SyncEngineConfig;
-pub use engine::{BackpressureLevel, EngineState, SyncEngine};
+pub use engine::{BackpressureLevel, EngineState, SearchTier, SyncEngine};
 pub use error::{ErrorClass, Result, SyncError};
 pub use item::{ContentType, SyncItem};
 pub use l1::L1Stats;

@@ -167,6 +167,15 @@ impl DurableTier for MemoryTier {
         }
     }
 
+    async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>> {
+        let t = self.lock();
+        Ok(t.items
+            .values()
+            .filter(|i| query.matches(i))
+            .map(|i| (**i).clone())
+            .collect())
+    }
+
     async fn max_version(&self) -> Result<u64> {
         let t = self.lock();
         let live = t.items.values().map(|i| i.version()).max().unwrap_or(0);

@@ -83,6 +83,9 @@ pub trait DurableTier: Send + Sync {
     /// Sets the state of a live item older than `version`; false when there is none.
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool>;
 
+    /// JSON items that may match `query` (a superset: the caller applies `Query::matches`).
+    async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>>;
+
     /// The highest version stored (rows and tombstones), so the engine's clock never goes
     /// behind what is already written.
     async fn max_version(&self) -> Result<u64>;

@@ -349,6 +349,26 @@ impl DurableTier for SqlTier {
         })
     }
 
+    async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>> {
+        use crate::search::SqlBind;
+        let (filter, binds) = query.sql_filter(self.dialect == Dialect::Sqlite);
+        let sql = format!(
+            "SELECT {ITEM_COLUMNS} FROM sync_items WHERE payload IS NOT NULL AND ({filter}) ORDER BY id"
+        );
+        on_pool!(self, pool => {
+            let mut q = sqlx::query(&sql);
+            for bind in &binds {
+                q = match bind {
+                    SqlBind::Bytes(v) => q.bind(v.as_slice()),
+                    SqlBind::Text(t) => q.bind(t.as_str()),
+                    SqlBind::Number(n) => q.bind(*n),
+                };
+            }
+            let rows = q.fetch_all(pool).await?;
+            rows.iter().map(|r| item_from_row!(r)).collect()
+        })
+    }
+
     async fn max_version(&self) -> Result<u64> {
         let max: Option<i64> = on_pool!(self, pool => {
             sqlx::query_scalar("SELECT MAX(version) FROM sync_sources").fetch_one(pool).await?
