@@ -27,6 +27,9 @@ pub struct SyncEngineConfig {
     pub batch_flush_count: usize,
     /// …or this many payload bytes.
     pub batch_flush_bytes: usize,
+    /// Keep a cuckoo filter of the ids in SQL so reads of absent ids skip SQL. It learns of
+    /// this engine's writes only: turn it off when several engines write one SQL table.
+    pub l3_filter: bool,
     /// `memory_pressure()` at or above this is `BackpressureLevel::Warn`.
     pub backpressure_warn: f64,
     /// Pending (not yet durable) bytes may use this share of `l1_max_bytes`; past it,
@@ -45,6 +48,7 @@ impl Default for SyncEngineConfig {
             batch_flush_ms: 100,
             batch_flush_count: 1000,
             batch_flush_bytes: 1024 * 1024,
+            l3_filter: true,
             backpressure_warn: 0.7,
             backpressure_critical: 0.9,
         }

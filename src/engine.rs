@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::batch::Entry;
 use crate::config::SyncEngineConfig;
 use crate::error::{Result, SyncError};
+use crate::filter::L3Filter;
 use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
 use crate::options::SubmitOptions;
@@ -91,6 +92,7 @@ pub struct SyncEngine {
     l1: Arc<L1>,
     tier: Option<Arc<dyn DurableTier>>,
     redis: Option<Arc<RedisTier>>,
+    filter: Option<Arc<L3Filter>>,
     sequencer: Mutex<Sequencer>,
     writer: Mutex<Option<JoinHandle<()>>>,
     state: watch::Sender<EngineState>,
@@ -110,6 +112,7 @@ impl SyncEngine {
             l1,
             tier: None,
             redis: None,
+            filter: None,
             sequencer: Mutex::new(Sequencer {
                 clock: 0,
                 queue: None,
@@ -171,7 +174,11 @@ impl SyncEngine {
             }
             None => None,
         };
+        let filter = self.config.l3_filter.then(|| Arc::new(L3Filter::new(1024)));
         let writer = Writer {
+            queue_handle: queue.downgrade(),
+            filter: filter.clone(),
+            rebuilding: false,
             queue: receiver,
             tier: tier.clone(),
             redis: redis.clone(),
@@ -185,6 +192,7 @@ impl SyncEngine {
         };
         self.tier = Some(tier);
         self.redis = redis;
+        self.filter = filter;
         self.state.send_replace(EngineState::Running);
         Ok(())
     }
@@ -320,6 +328,9 @@ impl SyncEngine {
                 Err(e) => debug!(error = %e, id, "Redis read failed; reading SQL"),
             }
         }
+        if !self.might_be_in_sql(id) {
+            return Ok(None);
+        }
         let found = tier.get(id).await?;
         if let Some(item) = &found {
             self.promote(item, epoch);
@@ -347,7 +358,9 @@ impl SyncEngine {
                 Lookup::Found(item) => Some((*item).clone()),
                 Lookup::Deleted => None,
                 Lookup::Unknown => {
-                    misses.push((i, id));
+                    if self.might_be_in_sql(id) {
+                        misses.push((i, id));
+                    }
                     None
                 }
             });
@@ -370,6 +383,7 @@ impl SyncEngine {
         match self.l1.lookup(id) {
             Lookup::Found(_) => Ok(true),
             Lookup::Deleted => Ok(false),
+            Lookup::Unknown if !self.might_be_in_sql(id) => Ok(false),
             Lookup::Unknown => tier.contains(id).await,
         }
     }
@@ -559,6 +573,16 @@ impl SyncEngine {
             // a stopped queue only means nothing gets cached
             let _ = self.sequencer.lock().expect("sequencer lock").send(promote);
         }
+    }
+
+    /// False when the L3 filter is sure SQL does not hold `id` (the query can be skipped).
+    fn might_be_in_sql(&self, id: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.might_contain(id))
+    }
+
+    /// Whether the L3 filter is built and trusted (so misses skip SQL).
+    pub fn l3_filter_ready(&self) -> bool {
+        self.filter.as_ref().is_some_and(|f| f.is_trusted())
     }
 
     fn tier(&self) -> Result<&Arc<dyn DurableTier>> {

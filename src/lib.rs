@@ -27,6 +27,7 @@ mod batch;
 pub mod config;
 mod engine;
 pub mod error;
+pub mod filter;
 pub mod item;
 mod l1;
 pub mod options;

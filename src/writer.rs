@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use crate::batch::{Batch, Entry, Limits};
 use crate::config::SyncEngineConfig;
 use crate::error::Result;
+use crate::filter::{L3Filter, Rebuild};
 use crate::item::SyncItem;
 use crate::l1::{Settled, L1};
 use crate::tier::redis::{CacheWrite, RedisTier};
@@ -53,6 +54,8 @@ pub(crate) enum Command {
         item: Arc<SyncItem>,
         epoch: u64,
     },
+    /// A filter rebuild has scanned SQL; it is swapped in here, between batches.
+    FinishRebuild(Rebuild),
 }
 
 pub(crate) struct Writer {
@@ -60,18 +63,25 @@ pub(crate) struct Writer {
     pub tier: Arc<dyn DurableTier>,
     pub redis: Option<Arc<RedisTier>>,
     pub l1: Arc<L1>,
+    pub filter: Option<Arc<L3Filter>>,
+    /// For the filter's rebuild task to hand its result back without keeping the queue open.
+    pub queue_handle: mpsc::WeakUnboundedSender<Command>,
+    pub rebuilding: bool,
     /// Batch limits are read from here before every step, so they can change at run time.
     pub config: watch::Receiver<SyncEngineConfig>,
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(5);
+/// Ids per keyset page of a filter rebuild.
+const FILTER_PAGE: usize = 10_000;
 
 impl Writer {
     /// Runs until every sender is gone, then flushes what is left and returns.
     pub(crate) async fn run(mut self) {
         let mut batch = Batch::default();
         loop {
+            self.rebuild_filter_if_due();
             let limits = Limits::from(&*self.config.borrow());
             let command = match batch.deadline(&limits) {
                 None => self.queue.recv().await,
@@ -100,11 +110,20 @@ impl Writer {
                     self.promote(&item, epoch).await;
                     continue;
                 }
+                Command::FinishRebuild(rebuild) => {
+                    // between batches: no write is between its commit and its filter call
+                    rebuild.finish();
+                    self.rebuilding = false;
+                    debug!("L3 filter rebuilt");
+                    continue;
+                }
                 _ => {}
             }
             self.flush(&mut batch).await;
             match command {
-                Command::Write(_) | Command::Promote { .. } => unreachable!("handled above"),
+                Command::Write(_) | Command::Promote { .. } | Command::FinishRebuild(_) => {
+                    unreachable!("handled above")
+                }
                 Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
@@ -122,6 +141,7 @@ impl Writer {
                     reply,
                 } => {
                     let deleted = self.tier.delete_prefix(&prefix, version).await;
+                    self.forget(&deleted);
                     if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
                         remove_from_redis(redis, ids).await;
                         // cache-only items under the prefix are in Redis but not in SQL
@@ -139,6 +159,7 @@ impl Writer {
                     reply,
                 } => {
                     let deleted = self.tier.delete_by_state(&state, version).await;
+                    self.forget(&deleted);
                     if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
                         remove_from_redis(redis, ids).await;
                         // cache-only items in the state are in its Redis set, not in SQL
@@ -152,6 +173,63 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Ids a range delete removed from L3 leave the filter.
+    fn forget(&self, deleted: &Result<Vec<String>>) {
+        if let (Some(filter), Ok(ids)) = (&self.filter, deleted) {
+            for id in ids {
+                filter.remove(id);
+            }
+        }
+    }
+
+    /// Starts a background rebuild of the filter from SQL when it asks for one (before its
+    /// first build, when untrusted, or nearly full).
+    fn rebuild_filter_if_due(&mut self) {
+        let Some(filter) = &self.filter else { return };
+        if self.rebuilding || !filter.needs_rebuild() {
+            return;
+        }
+        self.rebuilding = true;
+        let (filter, tier, queue) = (filter.clone(), self.tier.clone(), self.queue_handle.clone());
+        tokio::spawn(async move {
+            let mut delay = FIRST_RETRY;
+            let expected = loop {
+                match tier.count_prefix("").await {
+                    Ok(n) => break n as usize,
+                    Err(e) => {
+                        warn!(error = %e, "L3 filter rebuild: count failed, retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(LAST_RETRY);
+                    }
+                }
+            };
+            let Some(mut rebuild) = filter.begin_rebuild(expected) else {
+                return;
+            };
+            let mut after: Option<String> = None;
+            loop {
+                if queue.strong_count() == 0 {
+                    return; // shutting down
+                }
+                match tier.ids_after(after.as_deref(), FILTER_PAGE).await {
+                    Ok(ids) if ids.is_empty() => break,
+                    Ok(ids) => {
+                        rebuild.add_page(&ids);
+                        after = ids.last().cloned();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "L3 filter rebuild: page failed, retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(LAST_RETRY);
+                    }
+                }
+            }
+            if let Some(queue) = queue.upgrade() {
+                let _ = queue.send(Command::FinishRebuild(rebuild));
+            }
+        });
     }
 
     /// Writes a promoted item to Redis if it is still current: no commit since it was read
@@ -205,10 +283,21 @@ impl Writer {
                 }
             }
         };
+        // L3 liveness changes reach the filter before L1 settles: a reader that misses L1
+        // after this point must not be told "absent" for an item just written
+        if let Some(filter) = &self.filter {
+            for (entry, outcome) in durable.iter().zip(&applied) {
+                match (&entry.op, outcome.applied, outcome.was_live) {
+                    (Op::Put(_), true, false) => filter.insert(entry.op.id()),
+                    (Op::Delete { .. }, true, true) => filter.remove(entry.op.id()),
+                    _ => {}
+                }
+            }
+        }
         // cache-only entries skip L3 and always "apply"
         let outcomes: Vec<(&Entry, bool)> = durable
             .into_iter()
-            .zip(applied)
+            .zip(applied.iter().map(|a| a.applied))
             .chain(cache_only.into_iter().map(|e| (e, true)))
             .collect();
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{prefix_upper_bound, DurableTier, Op};
+use super::{prefix_upper_bound, Applied, DurableTier, Op};
 use crate::error::Result;
 use crate::item::SyncItem;
 
@@ -69,14 +69,18 @@ impl MemoryTier {
 
 #[async_trait]
 impl DurableTier for MemoryTier {
-    async fn apply(&self, ops: &[Op]) -> Result<Vec<bool>> {
+    async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         let mut t = self.lock();
         Ok(ops
             .iter()
             .map(|op| {
                 let key = op.id().as_bytes().to_vec();
+                let was_live = t.items.contains_key(&key);
                 if t.stored_version(&key).is_some_and(|v| v >= op.version()) {
-                    return false;
+                    return Applied {
+                        applied: false,
+                        was_live,
+                    };
                 }
                 match op {
                     Op::Put(item) => {
@@ -88,7 +92,10 @@ impl DurableTier for MemoryTier {
                         t.tombstones.insert(key, *version);
                     }
                 }
-                true
+                Applied {
+                    applied: true,
+                    was_live,
+                }
             })
             .collect())
     }
@@ -165,6 +172,17 @@ impl DurableTier for MemoryTier {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let t = self.lock();
+        let start = after.map_or(Unbounded, |a| Excluded(a.as_bytes().to_vec()));
+        Ok(t.items
+            .range((start, Unbounded))
+            .take(limit)
+            .map(|(_, item)| item.id().to_string())
+            .collect())
     }
 
     async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>> {

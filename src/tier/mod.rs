@@ -52,11 +52,22 @@ impl Op {
     }
 }
 
+/// What became of one op of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// It was newer than the stored row or tombstone, so it changed the tier.
+    pub applied: bool,
+    /// The id had a live row before the batch.
+    pub was_live: bool,
+}
+
 #[async_trait]
 pub trait DurableTier: Send + Sync {
-    /// Applies `ops` (distinct ids) in one transaction and returns, per op, whether it was
-    /// newer than the stored state and so applied.
-    async fn apply(&self, ops: &[Op]) -> Result<Vec<bool>>;
+    /// Applies `ops` (distinct ids) in one transaction and returns, per op, what happened.
+    async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>>;
+
+    /// Up to `limit` live ids after `after`, in id order (keyset pagination).
+    async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
 
     async fn get(&self, id: &str) -> Result<Option<SyncItem>>;
 

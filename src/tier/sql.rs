@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 
 use super::sql_write::record_source_sql;
-use super::{prefix_upper_bound, DurableTier, Op};
+use super::{prefix_upper_bound, Applied, DurableTier, Op};
 use crate::error::{Result, SyncError};
 use crate::item::{ContentType, SyncItem, LOCAL_SOURCE};
 
@@ -272,8 +272,31 @@ pub(super) fn decode_item(
 
 #[async_trait]
 impl DurableTier for SqlTier {
-    async fn apply(&self, ops: &[Op]) -> Result<Vec<bool>> {
+    async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         super::sql_write::apply(self, ops).await
+    }
+
+    async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let ids: Vec<Vec<u8>> = on_pool!(self, pool => {
+            let limit = limit.min(i64::MAX as usize) as i64;
+            match after {
+                Some(after) => sqlx::query_scalar("SELECT id FROM sync_items WHERE id > ? ORDER BY id LIMIT ?")
+                    .bind(after.as_bytes())
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?,
+                None => sqlx::query_scalar("SELECT id FROM sync_items ORDER BY id LIMIT ?")
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?,
+            }
+        });
+        ids.into_iter()
+            .map(|id| {
+                String::from_utf8(id)
+                    .map_err(|_| sqlx::Error::Decode("stored id is not UTF-8".into()).into())
+            })
+            .collect()
     }
 
     async fn get(&self, id: &str) -> Result<Option<SyncItem>> {

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::sql::{item_from_row, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
-use super::Op;
+use super::{Applied, Op};
 use crate::error::Result;
 use crate::item::SyncItem;
 
@@ -124,7 +124,7 @@ fn chunk_by_bytes<'a>(puts: &[&'a SyncItem], max_bytes: usize) -> Vec<Vec<&'a Sy
     chunks
 }
 
-pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<bool>> {
+pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }
@@ -136,6 +136,7 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<bool>> {
         // 1. what is stored now
         let mut stored: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut tombstoned: HashSet<Vec<u8>> = HashSet::new();
+        let mut live: HashSet<Vec<u8>> = HashSet::new();
         for table in ["sync_items", "sync_tombstones"] {
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
                 let sql = format!(
@@ -152,6 +153,8 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<bool>> {
                     let version: i64 = row.try_get(1)?;
                     if table == "sync_tombstones" {
                         tombstoned.insert(id.clone());
+                    } else {
+                        live.insert(id.clone());
                     }
                     let v = stored.entry(id).or_insert(version);
                     *v = (*v).max(version);
@@ -160,15 +163,18 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<bool>> {
         }
 
         // 2. only what is newer applies
-        let applied: Vec<bool> = ops
+        let applied: Vec<Applied> = ops
             .iter()
-            .map(|op| stored.get(op.id().as_bytes()).is_none_or(|&v| op.version() as i64 > v))
+            .map(|op| Applied {
+                applied: stored.get(op.id().as_bytes()).is_none_or(|&v| op.version() as i64 > v),
+                was_live: live.contains(op.id().as_bytes()),
+            })
             .collect();
         let mut puts: Vec<&SyncItem> = Vec::new();
         let mut deletes: Vec<(&str, &str, i64)> = Vec::new();
         let mut revived: Vec<&[u8]> = Vec::new();
         let mut sources: HashMap<&str, i64> = HashMap::new();
-        for (op, _) in ops.iter().zip(&applied).filter(|(_, applied)| **applied) {
+        for (op, _) in ops.iter().zip(&applied).filter(|(_, outcome)| outcome.applied) {
             match op {
                 Op::Put(item) => {
                     if tombstoned.contains(item.id().as_bytes()) {
