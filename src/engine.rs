@@ -513,10 +513,10 @@ impl SyncEngine {
     async fn redisearch_available(&self) -> bool {
         match &self.redis {
             Some(redis) => {
-                if redis.uses_redisjson().is_none() {
+                if redis.has_redisearch().is_none() {
                     let _ = redis.connect().await;
                 }
-                redis.uses_redisjson() == Some(true)
+                redis.has_redisearch() == Some(true)
             }
             None => false,
         }

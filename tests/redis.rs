@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::Backend;
 use redis::AsyncCommands;
-use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncEngine, SyncEngineConfig, SyncItem};
+use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncEngineConfig, SyncItem};
 
 const PLAIN_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
 const STACK_ENV: &str = "SYNC_ENGINE_TEST_REDIS_STACK_URL";
@@ -48,10 +48,6 @@ impl Redis {
             ..sql.config()
         }
     }
-}
-
-async fn engine(config: SyncEngineConfig) -> SyncEngine {
-    Backend::sqlite().engine_with(config).await
 }
 
 /// Polls `check` until it holds or `deadline` passes.
@@ -266,7 +262,8 @@ async fn prefixes_isolate_engines(redis: Redis) {
     .await
     .unwrap();
     a.flush().await.unwrap();
-    let b = engine(other.config(&Backend::sqlite())).await;
+    let sql_b = Backend::sqlite(); // keeps its temporary directory alive
+    let b = sql_b.engine_with(other.config(&sql_b)).await;
     assert!(b.get("shared-id").await.unwrap().is_none());
     b.submit_with(
         SyncItem::new("shared-id".into(), b"b".to_vec()),

@@ -67,6 +67,8 @@ pub struct RedisTier {
     cooling_until: Mutex<Option<Instant>>,
     /// Whether the server has RedisJSON, learnt on the first connection.
     json_module: Mutex<Option<bool>>,
+    /// Whether it also has RediSearch (search needs both).
+    search_module: Mutex<Option<bool>>,
     dirty: Mutex<HashSet<String>>,
     write_script: redis::Script,
     read_script: redis::Script,
@@ -90,6 +92,7 @@ impl RedisTier {
             connection: tokio::sync::Mutex::new(None),
             cooling_until: Mutex::new(None),
             json_module: Mutex::new(None),
+            search_module: Mutex::new(None),
             dirty: Mutex::new(HashSet::new()),
             write_script: redis::Script::new(include_str!("lua/write.lua")),
             read_script: redis::Script::new(include_str!("lua/read.lua")),
@@ -114,6 +117,11 @@ impl RedisTier {
         *self.json_module.lock().expect("lock")
     }
 
+    /// Whether the server can run searches (RedisJSON and RediSearch; None: not connected yet).
+    pub fn has_redisearch(&self) -> Option<bool> {
+        *self.search_module.lock().expect("lock")
+    }
+
     /// Connects now (otherwise the first call does), and learns the server's modules.
     pub async fn connect(&self) -> Result<(), RedisError> {
         self.connection().await.map(|_| ())
@@ -135,9 +143,15 @@ impl RedisTier {
             .set_number_of_retries(1);
         match self.client.get_connection_manager_with_config(config).await {
             Ok(mut connection) => {
-                let has_json = detect_json(&mut connection).await?;
-                info!(redisjson = has_json, "L2 Redis connected");
+                let has_json = has_command(&mut connection, "JSON.SET").await?;
+                let has_search = has_json && has_command(&mut connection, "FT.SEARCH").await?;
+                info!(
+                    redisjson = has_json,
+                    redisearch = has_search,
+                    "L2 Redis connected"
+                );
                 *self.json_module.lock().expect("lock") = Some(has_json);
+                *self.search_module.lock().expect("lock") = Some(has_search);
                 *slot = Some(connection.clone());
                 Ok(connection)
             }
@@ -493,10 +507,14 @@ fn text_of(value: &Value) -> Option<String> {
     }
 }
 
-async fn detect_json(connection: &mut ConnectionManager) -> Result<bool, RedisError> {
+/// Whether the server knows `command` (modules add commands; `COMMAND INFO` answers nil).
+async fn has_command(
+    connection: &mut ConnectionManager,
+    command: &str,
+) -> Result<bool, RedisError> {
     let info: Vec<Value> = redis::cmd("COMMAND")
         .arg("INFO")
-        .arg("JSON.SET")
+        .arg(command)
         .query_async(connection)
         .await?;
     Ok(info.first().is_some_and(|v| !matches!(v, Value::Nil)))
