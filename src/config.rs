@@ -133,8 +133,13 @@ mod tests {
         let mut loaded = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let config =
-                SyncEngineConfig::load(Some(&path)).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config = if text.contains("[kafka]") {
+                crate::sidecar::config::PipelineConfig::load(&path).map(|p| p.engine)
+            } else {
+                SyncEngineConfig::load(Some(&path))
+            }
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"));
             assert!(config.sql_url.is_some(), "{path:?}");
             loaded += 1;
         }

@@ -218,7 +218,22 @@ impl SyncEngine {
         self.submit_with(item, SubmitOptions::default()).await
     }
 
-    pub async fn submit_with(&self, mut item: SyncItem, options: SubmitOptions) -> Result<()> {
+    pub async fn submit_with(&self, item: SyncItem, options: SubmitOptions) -> Result<()> {
+        self.submit_from(self.source.clone(), item, options).await
+    }
+
+    /// The largest payload accepted (the configured one, lowered to what SQL accepts).
+    pub fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    /// A submit attributed to `source` (the sidecar: `topic/partition`, version = offset + 1).
+    pub(crate) async fn submit_from(
+        &self,
+        source: Arc<str>,
+        mut item: SyncItem,
+        options: SubmitOptions,
+    ) -> Result<()> {
         if let Some(state) = options.state {
             item.set_state(state);
         }
@@ -243,7 +258,7 @@ impl SyncEngine {
         sequencer.check_open()?;
         let version = sequencer.version(item.version());
         item.set_version(version);
-        let item = Arc::new(item.with_source(self.source.clone()));
+        let item = Arc::new(item.with_source(source));
         // L1 first: once queued, the writer may settle the op at any moment
         self.l1.accept(item.id(), Pending::Put(item.clone()));
         sequencer.send(Command::Write(Entry {
@@ -271,6 +286,10 @@ impl SyncEngine {
     /// Deletes `id` at a pinned `version` (0: the engine's clock). A delete older than the
     /// stored item changes nothing.
     pub async fn delete_at(&self, id: &str, version: u64) -> Result<()> {
+        self.delete_from(self.source.clone(), id, version).await
+    }
+
+    pub(crate) async fn delete_from(&self, source: Arc<str>, id: &str, version: u64) -> Result<()> {
         validate_id(id)?;
         self.tier()?;
         self.l1.wait_for_room(id.len() + 64).await;
@@ -281,7 +300,7 @@ impl SyncEngine {
         let op = Op::Delete {
             id: id.to_string(),
             version,
-            source: self.source.clone(),
+            source,
         };
         sequencer.send(Command::Write(Entry {
             op,

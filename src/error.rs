@@ -49,6 +49,9 @@ pub enum SyncError {
 
     #[error("Redis tier: {0}")]
     Redis(#[from] redis::RedisError),
+
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 impl SyncError {
@@ -59,7 +62,7 @@ impl SyncError {
             | SyncError::PayloadTooLarge { .. }
             | SyncError::InvalidQuery(_)
             | SyncError::Corrupt { .. } => ErrorClass::Data,
-            SyncError::Redis(_) => ErrorClass::Retryable,
+            SyncError::Redis(_) | SyncError::Kafka(_) => ErrorClass::Retryable,
             SyncError::NotRunning | SyncError::Config(_) | SyncError::Migrate(_) => {
                 ErrorClass::Fatal
             }

@@ -72,6 +72,14 @@ impl SyncItem {
         }
     }
 
+    /// An item whose bytes are binary even if they happen to parse as JSON (a producer said
+    /// `application/octet-stream`): stored in `payload_blob`, never a RedisJSON document.
+    pub fn binary(id: String, content: Vec<u8>) -> Self {
+        let mut item = Self::new(id, content);
+        item.content_type = ContentType::Binary;
+        item
+    }
+
     /// An item from a JSON value, serialized compactly. To keep a particular formatting,
     /// pass the bytes to [`SyncItem::new`] instead.
     pub fn from_json(id: String, value: Value) -> Self {
@@ -152,7 +160,7 @@ impl SyncItem {
     }
 
     /// The payload as text when it is JSON (JSON is always valid UTF-8).
-    pub(crate) fn json_text(&self) -> Option<&str> {
+    pub fn json_text(&self) -> Option<&str> {
         match self.content_type {
             ContentType::Json => std::str::from_utf8(&self.content).ok(),
             ContentType::Binary => None,

@@ -32,6 +32,7 @@ pub mod item;
 mod l1;
 pub mod options;
 pub mod search;
+pub mod sidecar;
 pub mod tier;
 mod writer;
 

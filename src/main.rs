@@ -4,12 +4,16 @@
 //! workload, shuts down, reopens the file and proves every item came back byte for byte.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use sync_engine::sidecar::config::PipelineConfig;
 use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -24,6 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the sidecar: consume the submit topic, write SQL and Redis, confirm, commit.
+    /// SIGTERM/SIGINT drain (flush, confirm, commit) and exit 0.
+    Run {
+        /// Pipeline file (TOML); `SYNC_ENGINE__<SECTION>__<KEY>` variables override it.
+        #[arg(long)]
+        pipeline: PathBuf,
+    },
     /// Write a sample workload to SQLite (or `sql_url` from the config), restart, verify it.
     Demo {
         /// Engine config (TOML); `SYNC_ENGINE__*` variables override it.
@@ -46,8 +57,30 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Run { pipeline } => run(pipeline).await,
         Command::Demo { config, db, items } => demo(config, db, items).await,
     }
+}
+
+async fn run(pipeline: PathBuf) -> anyhow::Result<()> {
+    let config = PipelineConfig::load(&pipeline)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    let summary = sync_engine::sidecar::run(config, stop).await?;
+    println!(
+        "stopped cleanly: {} records written, {} to the DLQ, {} confirmations",
+        summary.written, summary.dlq, summary.confirmations
+    );
+    Ok(())
 }
 
 async fn start(config: &SyncEngineConfig) -> anyhow::Result<SyncEngine> {
