@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod dev;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -35,6 +37,22 @@ enum Command {
         #[arg(long)]
         pipeline: PathBuf,
     },
+    /// The sidecar with no external service: an in-process mock Kafka cluster, L3 in a local
+    /// SQLite file, Redis only if a URL is given. Ctrl-C stops it cleanly.
+    Dev {
+        /// Also produce a sample workload and follow its confirmations to a summary.
+        #[arg(long)]
+        demo: bool,
+        /// Records the demo produces.
+        #[arg(long, default_value_t = 20_000)]
+        items: usize,
+        /// SQLite file for L3.
+        #[arg(long, default_value = "sync-engine-dev.db")]
+        db: PathBuf,
+        /// Use this Redis as L2 (e.g. redis://127.0.0.1:6379).
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
     /// Write a sample workload to SQLite (or `sql_url` from the config), restart, verify it.
     Demo {
         /// Engine config (TOML); `SYNC_ENGINE__*` variables override it.
@@ -58,12 +76,39 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run { pipeline } => run(pipeline).await,
+        Command::Dev {
+            demo,
+            items,
+            db,
+            redis_url,
+        } => {
+            dev::dev(
+                dev::DevOptions {
+                    demo,
+                    items,
+                    db,
+                    redis_url,
+                },
+                stop_on_signal(),
+            )
+            .await
+        }
         Command::Demo { config, db, items } => demo(config, db, items).await,
     }
 }
 
 async fn run(pipeline: PathBuf) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&pipeline)?;
+    let summary = sync_engine::sidecar::run(config, stop_on_signal()).await?;
+    println!(
+        "stopped cleanly: {} records written, {} to the DLQ, {} confirmations",
+        summary.written, summary.dlq, summary.confirmations
+    );
+    Ok(())
+}
+
+/// A flag that SIGTERM or SIGINT sets.
+fn stop_on_signal() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
@@ -75,12 +120,7 @@ async fn run(pipeline: PathBuf) -> anyhow::Result<()> {
         }
         flag.store(true, Ordering::SeqCst);
     });
-    let summary = sync_engine::sidecar::run(config, stop).await?;
-    println!(
-        "stopped cleanly: {} records written, {} to the DLQ, {} confirmations",
-        summary.written, summary.dlq, summary.confirmations
-    );
-    Ok(())
+    stop
 }
 
 async fn start(config: &SyncEngineConfig) -> anyhow::Result<SyncEngine> {

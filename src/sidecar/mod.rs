@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -64,6 +64,7 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
         config: config.clone(),
         pending: BTreeMap::new(),
         pending_since: None,
+        dlq_deliveries: Vec::new(),
         summary: Summary::default(),
     }));
     let consumer_pipeline = pipeline.clone();
@@ -74,6 +75,19 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
     let summary = pipeline.lock().expect("pipeline lock").summary;
     info!(?summary, "sidecar stopped");
     result.map(|()| summary)
+}
+
+/// Waits for Kafka to acknowledge one produced record.
+fn wait_delivery(handle: &Handle, delivery: DeliveryFuture) -> Result<()> {
+    use rdkafka::error::KafkaError;
+    match handle.block_on(tokio::time::timeout(DELIVERY_TIMEOUT, delivery)) {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err((e, _)))) => Err(SyncError::Kafka(e)),
+        Ok(Err(_canceled)) => Err(SyncError::Kafka(KafkaError::Canceled)),
+        Err(_elapsed) => Err(SyncError::Kafka(KafkaError::MessageProduction(
+            rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+        ))),
+    }
 }
 
 fn producer_config(config: &PipelineConfig) -> ClientConfig {
@@ -172,6 +186,8 @@ struct Pipeline {
     /// Per partition, the records consumed since the last checkpoint, in offset order.
     pending: BTreeMap<i32, Vec<ConfirmedItem>>,
     pending_since: Option<Instant>,
+    /// DLQ records sent but not yet acknowledged; awaited before the next commit.
+    dlq_deliveries: Vec<DeliveryFuture>,
     summary: Summary,
 }
 
@@ -257,9 +273,9 @@ impl Pipeline {
         tiers
     }
 
-    /// Sends a bad record to the DLQ with its reason; returns only once Kafka has it, so a
-    /// DLQ that cannot be written stops the pipeline instead of losing the record.
-    fn dead_letter(&self, message: &BorrowedMessage<'_>, rejection: &Rejection) -> Result<()> {
+    /// Sends a bad record to the DLQ with its reason. Its delivery is awaited before the next
+    /// commit, so a DLQ that cannot be written stops the pipeline instead of losing the record.
+    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, rejection: &Rejection) -> Result<()> {
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
             for h in original.iter() {
@@ -297,10 +313,12 @@ impl Pipeline {
             code = rejection.code.as_str(),
             partition, offset, "record sent to the DLQ"
         );
-        self.handle
-            .block_on(self.producer.send(record, DELIVERY_TIMEOUT))
-            .map(|_| ())
-            .map_err(|(e, _)| SyncError::Kafka(e))
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| SyncError::Kafka(e))?;
+        self.dlq_deliveries.push(delivery);
+        Ok(())
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -316,8 +334,12 @@ impl Pipeline {
             return Ok(());
         }
         self.handle.block_on(self.engine.flush())?;
+        for delivery in std::mem::take(&mut self.dlq_deliveries) {
+            wait_delivery(&self.handle, delivery)?;
+        }
         let topic = self.config.kafka.input_topic.clone();
         let mut offsets = TopicPartitionList::new();
+        let mut confirmations = Vec::with_capacity(self.pending.len());
         for (partition, items) in &self.pending {
             let confirmation = Confirmation {
                 kind: Confirmation::KIND,
@@ -332,15 +354,20 @@ impl Pipeline {
             let record = FutureRecord::to(&self.config.kafka.output_topic)
                 .key(&key)
                 .payload(&body);
-            self.handle
-                .block_on(self.producer.send(record, DELIVERY_TIMEOUT))
-                .map_err(|(e, _)| SyncError::Kafka(e))?;
-            self.summary.confirmations += 1;
+            confirmations.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| SyncError::Kafka(e))?,
+            );
             offsets.add_partition_offset(
                 &topic,
                 *partition,
                 Offset::Offset(confirmation.last_offset + 1),
             )?;
+        }
+        for delivery in confirmations {
+            wait_delivery(&self.handle, delivery)?;
+            self.summary.confirmations += 1;
         }
         consumer.commit(&offsets, CommitMode::Sync)?;
         self.pending.clear();

@@ -1,0 +1,231 @@
+//! `sync-engine dev`: the sidecar with no external service. librdkafka's in-process mock
+//! cluster plays the broker, L3 is a local SQLite file, Redis is used only if a URL is given.
+//! `--demo` also produces a sample workload and follows its confirmations to the end.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::json;
+use sync_engine::sidecar::config::{KafkaConfig, PipelineConfig};
+use sync_engine::{SyncEngine, SyncEngineConfig};
+use tokio::sync::watch;
+
+const PARTITIONS: i32 = 4;
+
+pub struct DevOptions {
+    pub demo: bool,
+    pub items: usize,
+    pub db: PathBuf,
+    pub redis_url: Option<String>,
+}
+
+pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let cluster = MockCluster::new(1).context("starting the mock Kafka cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        group_id: "sync-engine-dev".into(),
+        ..KafkaConfig::default()
+    };
+    for topic in [&kafka.input_topic, &kafka.output_topic, &kafka.dlq_topic] {
+        cluster.create_topic(topic, PARTITIONS, 1)?;
+    }
+    let engine = SyncEngineConfig {
+        sql_url: Some(format!("sqlite://{}?mode=rwc", options.db.display())),
+        redis_url: options.redis_url.clone(),
+        redis_prefix: Some("dev:".into()),
+        batch_flush_ms: 50,
+        ..SyncEngineConfig::default()
+    };
+    let config = PipelineConfig {
+        engine: engine.clone(),
+        kafka: kafka.clone(),
+    };
+    println!(
+        "mock Kafka broker: {brokers}  (topics {}, {}, {}; {PARTITIONS} partitions each)",
+        kafka.input_topic, kafka.output_topic, kafka.dlq_topic
+    );
+    println!(
+        "L3: {}   L2: {}",
+        options.db.display(),
+        options
+            .redis_url
+            .as_deref()
+            .unwrap_or("none (pass --redis-url)")
+    );
+    println!("produce from another terminal, e.g.:");
+    println!(
+        "  echo '{{\"name\":\"Ada\"}}' | kcat -P -b {brokers} -t {} -k user:1 -H sync-state=active",
+        kafka.input_topic
+    );
+    println!(
+        "  kcat -C -b {brokers} -t {} -e   # confirmations",
+        kafka.output_topic
+    );
+
+    let sidecar = tokio::spawn(sync_engine::sidecar::run(config, stop.clone()));
+    if options.demo {
+        let outcome = demo(&kafka, options.items).await;
+        stop.store(true, Ordering::SeqCst);
+        let summary = sidecar.await??;
+        let elapsed = outcome?;
+        let persisted = count_rows(&engine).await?;
+        println!(
+            "demo done: {} records in {elapsed:.2?} ({:.0} records/s end to end), {persisted} items persisted in SQL, {} sent to the DLQ, {} confirmations",
+            options.items,
+            options.items as f64 / elapsed.as_secs_f64(),
+            summary.dlq,
+            summary.confirmations,
+        );
+    } else {
+        println!(
+            "running; Ctrl-C stops (everything consumed is flushed, confirmed and committed first)"
+        );
+        let summary = sidecar.await??;
+        println!(
+            "stopped: {} written, {} to the DLQ, {} confirmations",
+            summary.written, summary.dlq, summary.confirmations
+        );
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// Record `i` of the demo: JSON and binary items, states, TTLs, deletes, and a few bad ones.
+fn sample(
+    i: usize,
+) -> (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(&'static str, String)>,
+) {
+    let id = format!("demo:{:05}", i % 5000);
+    match i % 50 {
+        49 => (
+            Some(id.into_bytes()),
+            Some(b"{not json".to_vec()),
+            vec![("content-type", "application/json".into())],
+        ),
+        48 => (None, Some(b"no key".to_vec()), vec![]),
+        47 => (
+            Some(id.into_bytes()),
+            Some(b"x".to_vec()),
+            vec![("sync-ttl", "soon".into())],
+        ),
+        n if n % 10 == 9 => (Some(id.into_bytes()), None, vec![]), // delete
+        n if n % 7 == 0 => (
+            Some(id.into_bytes()),
+            Some(vec![0, 1, 2, 0xFF, (i % 256) as u8]),
+            vec![("content-type", "application/octet-stream".into())],
+        ),
+        n if n % 5 == 0 => (
+            Some(id.into_bytes()),
+            Some(
+                serde_json::to_vec(&json!({"session": i, "user": format!("u{}", i % 97)}))
+                    .expect("json"),
+            ),
+            vec![("sync-route", "redis".into()), ("sync-ttl", "hour".into())],
+        ),
+        _ => (
+            Some(id.into_bytes()),
+            Some(
+                serde_json::to_vec(
+                    &json!({"n": i, "name": format!("item {i}"), "tags": ["a", "b"]}),
+                )
+                .expect("json"),
+            ),
+            vec![(
+                "sync-state",
+                if i % 3 == 0 { "delta" } else { "base" }.into(),
+            )],
+        ),
+    }
+}
+
+/// Produces the workload and follows the confirmations until every record is accounted for.
+async fn demo(kafka: &KafkaConfig, items: usize) -> anyhow::Result<Duration> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("linger.ms", "5")
+        .create()?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(items);
+    for i in 0..items {
+        let (key, value, headers) = sample(i);
+        let mut owned = OwnedHeaders::new();
+        for (k, v) in &headers {
+            owned = owned.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&kafka.input_topic).headers(owned);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        if let Some(value) = &value {
+            record = record.payload(value);
+        }
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for delivery in deliveries {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", "sync-engine-dev-demo")
+        .create()?;
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        partitions.add_partition_offset(&kafka.output_topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&partitions)?;
+    let bar = ProgressBar::new(items as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} records confirmed ({per_sec}) {msg}",
+    )?);
+    let mut confirmed = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while confirmed < items {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {confirmed} of {items} records confirmed after 5 minutes"
+        );
+        let consumer_poll =
+            tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100)));
+        if let Some(message) = consumer_poll {
+            let message = message?;
+            let event: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default())?;
+            let n = event["items"].as_array().map_or(0, Vec::len);
+            confirmed += n;
+            bar.inc(n as u64);
+            bar.set_message(format!(
+                "partition {} up to offset {}",
+                event["partition"], event["last_offset"]
+            ));
+        }
+    }
+    bar.finish();
+    Ok(started.elapsed())
+}
+
+async fn count_rows(config: &SyncEngineConfig) -> anyhow::Result<u64> {
+    let (_tx, rx) = watch::channel(config.clone());
+    let mut engine = SyncEngine::new(config.clone(), rx);
+    engine.start().await?;
+    let count = engine.count_prefix("").await?;
+    engine.shutdown().await;
+    Ok(count)
+}
