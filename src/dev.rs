@@ -100,14 +100,15 @@ pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<(
     Ok(())
 }
 
-/// Record `i` of the demo: JSON and binary items, states, TTLs, deletes, and a few bad ones.
-fn sample(
-    i: usize,
-) -> (
+/// Key, value (None: delete) and headers of one demo record.
+type SampleRecord = (
     Option<Vec<u8>>,
     Option<Vec<u8>>,
     Vec<(&'static str, String)>,
-) {
+);
+
+/// Record `i` of the demo: JSON and binary items, states, TTLs, deletes, and a few bad ones.
+fn sample(i: usize) -> SampleRecord {
     let id = format!("demo:{:05}", i % 5000);
     match i % 50 {
         49 => (
