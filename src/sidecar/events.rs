@@ -1,5 +1,5 @@
 //! What the sidecar produces: confirmations (one per flushed batch per source partition) and
-//! DLQ records. JSON Schemas: `schemas/confirmation.schema.json`, `schemas/dlq.md`.
+//! DLQ records. JSON Schemas: `schemas/confirmation.schema.json`, `schemas/dlq-record.schema.json`.
 
 use serde::Serialize;
 

@@ -206,7 +206,11 @@ impl Pipeline {
         let (partition, offset) = (message.partition(), message.offset());
         let source: Arc<str> = Arc::from(format!("{}/{partition}", message.topic()));
         let version = offset as u64 + 1; // offsets start at 0; version 0 means "unversioned"
-        let confirmed = match record::decode(&raw, self.engine.max_payload_bytes()) {
+        let confirmed = match record::decode(
+            &raw,
+            self.engine.max_payload_bytes(),
+            self.config.engine.redis_url.is_some(),
+        ) {
             Ok(Write::Put { item, options }) => {
                 let tiers = self.tiers(options.sql, options.redis);
                 let hash = item.content_hash().to_string();

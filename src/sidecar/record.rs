@@ -1,6 +1,6 @@
 //! Turning one Kafka record into an engine write, or into the reason it goes to the DLQ.
 //!
-//! Wire contract (schemas/input-record.schema.json): key = object id (UTF-8), value = payload
+//! Wire contract (schemas/input-record.schema.json; DLQ codes in schemas/README.md): key = object id (UTF-8), value = payload
 //! bytes, null value = delete. Optional headers: `sync-state`, `sync-ttl` (seconds, or
 //! `minute|short|medium|hour|day|week`), `sync-route` (`redis`, `sql`, `redis,sql`),
 //! `content-type` (`application/json` or `application/octet-stream`; absent: detected).
@@ -8,7 +8,7 @@
 use crate::item::{validate_state, ContentType, SyncItem, MAX_ID_BYTES};
 use crate::options::{CacheTtl, SubmitOptions};
 
-/// Why a record went to the DLQ. The codes are a stable contract (schemas/dlq.md).
+/// Why a record went to the DLQ. The codes are a stable contract (schemas/README.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DlqCode {
     MissingKey,
@@ -23,6 +23,7 @@ pub enum DlqCode {
     InvalidState,
     TtlWithoutRedis,
     HeaderNotUtf8,
+    RouteUnavailable,
 }
 
 impl DlqCode {
@@ -40,6 +41,7 @@ impl DlqCode {
             DlqCode::InvalidState => "invalid_state",
             DlqCode::TtlWithoutRedis => "ttl_without_redis",
             DlqCode::HeaderNotUtf8 => "header_not_utf8",
+            DlqCode::RouteUnavailable => "route_unavailable",
         }
     }
 }
@@ -109,7 +111,15 @@ impl RawRecord<'_> {
     }
 }
 
-pub fn decode(record: &RawRecord<'_>, max_payload_bytes: usize) -> Result<Write, Rejection> {
+/// The longest `sync-ttl` accepted, in seconds (ten years).
+const MAX_TTL_SECS: u64 = 10 * 365 * 86_400;
+
+/// Decodes a record for a sidecar whose engine has (or lacks) a Redis tier.
+pub fn decode(
+    record: &RawRecord<'_>,
+    max_payload_bytes: usize,
+    has_redis: bool,
+) -> Result<Write, Rejection> {
     let key = record
         .key
         .ok_or_else(|| reject(DlqCode::MissingKey, "record has no key (the object id)"))?;
@@ -170,6 +180,12 @@ pub fn decode(record: &RawRecord<'_>, max_payload_bytes: usize) -> Result<Write,
         None => (true, true),
         Some(route) => parse_route(route)?,
     };
+    if !sql && !has_redis {
+        return Err(reject(
+            DlqCode::RouteUnavailable,
+            "sync-route is redis but this sidecar has no Redis tier",
+        ));
+    }
     let ttl = record.header("sync-ttl")?.map(parse_ttl).transpose()?;
     if ttl.is_some() && !redis {
         return Err(reject(
@@ -216,11 +232,11 @@ fn parse_ttl(ttl: &str) -> Result<CacheTtl, Rejection> {
         "day" => CacheTtl::Day,
         "week" => CacheTtl::Week,
         secs => match secs.parse::<u64>() {
-            Ok(n) if n > 0 => CacheTtl::Custom(n),
+            Ok(n) if n > 0 && n <= MAX_TTL_SECS => CacheTtl::Custom(n),
             _ => {
                 return Err(reject(
                     DlqCode::MalformedTtl,
-                    format!("sync-ttl {ttl:?}: seconds > 0 or minute|short|medium|hour|day|week"),
+                    format!("sync-ttl {ttl:?}: seconds (1 to {MAX_TTL_SECS}) or minute|short|medium|hour|day|week"),
                 ))
             }
         },
@@ -247,7 +263,7 @@ mod tests {
     }
 
     fn code(r: RawRecord<'_>) -> DlqCode {
-        decode(&r, 100).unwrap_err().code
+        decode(&r, 100, true).unwrap_err().code
     }
 
     #[test]
@@ -311,6 +327,16 @@ mod tests {
             )),
             DlqCode::TtlWithoutRedis
         );
+        let no_redis = decode(
+            &record(Some(b"k"), Some(b"1"), &[("sync-route", "redis")]),
+            100,
+            false,
+        );
+        assert_eq!(no_redis.unwrap_err().code, DlqCode::RouteUnavailable);
+        assert_eq!(
+            code(record(Some(b"k"), Some(b"1"), &[("sync-ttl", "315360001")])),
+            DlqCode::MalformedTtl
+        );
         let bad_header = RawRecord {
             key: Some(b"k"),
             value: Some(b"1"),
@@ -321,7 +347,7 @@ mod tests {
 
     #[test]
     fn valid_records() {
-        match decode(&record(Some(b"k"), None, &[]), 100).unwrap() {
+        match decode(&record(Some(b"k"), None, &[]), 100, true).unwrap() {
             Write::Delete { id } => assert_eq!(id, "k"),
             other => panic!("{other:?}"),
         }
@@ -334,7 +360,7 @@ mod tests {
                 ("sync-state", "delta"),
             ],
         );
-        match decode(&r, 100).unwrap() {
+        match decode(&r, 100, true).unwrap() {
             Write::Put { item, options } => {
                 assert_eq!(item.content(), b"\x00bin");
                 assert_eq!(
@@ -351,7 +377,7 @@ mod tests {
             Some(b"{}"),
             &[("content-type", "application/octet-stream")],
         );
-        match decode(&r, 100).unwrap() {
+        match decode(&r, 100, true).unwrap() {
             Write::Put { item, .. } => assert_eq!(item.content_type(), ContentType::Binary),
             other => panic!("{other:?}"),
         }
