@@ -222,6 +222,12 @@ impl SyncEngine {
         self.submit_from(self.source.clone(), item, options).await
     }
 
+    /// Whether a write of `bytes` would be accepted now without waiting for the pending
+    /// budget (the sidecar pauses its partitions instead of blocking in `submit`).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.l1.has_room(bytes)
+    }
+
     /// The largest payload accepted (the configured one, lowered to what SQL accepts).
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes

@@ -176,6 +176,12 @@ impl L1 {
 
     /// Waits until `size` more pending bytes fit the budget (always lets one op through when
     /// nothing is pending, so a single huge item cannot wait forever).
+    /// Whether `size` more pending bytes fit without waiting.
+    pub(crate) fn has_room(&self, size: usize) -> bool {
+        let pending = self.pending_bytes.load(Ordering::SeqCst);
+        pending == 0 || pending + size as i64 <= self.pending_budget
+    }
+
     pub(crate) async fn wait_for_room(&self, size: usize) {
         loop {
             let drained = self.drained.notified();

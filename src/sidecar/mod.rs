@@ -40,6 +40,11 @@ use events::{Confirmation, ConfirmedItem, Op};
 use record::{RawRecord, Rejection, Write};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a checkpoint waits for the engine to be durable before it pauses the partitions
+/// and lets the poll loop go on (rebalances and heartbeats must not wait for SQL).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// Room the pending budget must have for consumption to go on (one large record).
+const BACKPRESSURE_ROOM: usize = 1 << 20;
 
 /// Counts of one run, logged at exit.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,6 +69,8 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
         config: config.clone(),
         pending: BTreeMap::new(),
         pending_since: None,
+        stalled: false,
+        paused: false,
         dlq_deliveries: Vec::new(),
         summary: Summary::default(),
     }));
@@ -134,6 +141,10 @@ fn consume(
         "consuming"
     );
     while !stop.load(Ordering::SeqCst) {
+        pipeline
+            .lock()
+            .expect("pipeline lock")
+            .backpressure(&consumer)?;
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
             match message {
                 Ok(message) => pipeline.lock().expect("pipeline lock").accept(&message)?,
@@ -146,10 +157,14 @@ fn consume(
         }
     }
     info!("stopping: draining what was consumed");
-    pipeline
-        .lock()
-        .expect("pipeline lock")
-        .checkpoint(&consumer)?;
+    loop {
+        let mut pipeline = pipeline.lock().expect("pipeline lock");
+        pipeline.checkpoint(&consumer)?;
+        if pipeline.pending.is_empty() {
+            break;
+        }
+        warn!("SQL is not taking the last records yet; still draining");
+    }
     consumer.unsubscribe();
     Ok(())
 }
@@ -186,6 +201,10 @@ struct Pipeline {
     /// Per partition, the records consumed since the last checkpoint, in offset order.
     pending: BTreeMap<i32, Vec<ConfirmedItem>>,
     pending_since: Option<Instant>,
+    /// The last checkpoint could not make the engine durable in time (SQL slow or down).
+    stalled: bool,
+    /// Partitions are paused for backpressure.
+    paused: bool,
     /// DLQ records sent but not yet acknowledged; awaited before the next commit.
     dlq_deliveries: Vec<DeliveryFuture>,
     summary: Summary,
@@ -325,6 +344,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Pauses every assigned partition while the engine cannot take more (pending budget full)
+    /// or cannot make what it has durable (SQL failing); resumes when both clear. Paused, the
+    /// loop keeps polling, so group membership and rebalances carry on.
+    fn backpressure(&mut self, consumer: &BaseConsumer<Revocations>) -> Result<()> {
+        let blocked = self.stalled || !self.engine.has_room(BACKPRESSURE_ROOM);
+        if blocked {
+            if !self.paused {
+                warn!(
+                    stalled = self.stalled,
+                    "pausing partitions: the engine is full or SQL is failing"
+                );
+            }
+            // every time: a rebalance may have assigned partitions since
+            consumer.pause(&consumer.assignment()?)?;
+        } else if self.paused {
+            info!("resuming partitions");
+            consumer.resume(&consumer.assignment()?)?;
+        }
+        self.paused = blocked;
+        Ok(())
+    }
+
     fn checkpoint_due(&self) -> bool {
         let count: usize = self.pending.values().map(Vec::len).sum();
         let age = Duration::from_millis(self.config.engine.batch_flush_ms);
@@ -337,7 +378,18 @@ impl Pipeline {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.handle.block_on(self.engine.flush())?;
+        match self
+            .handle
+            .block_on(tokio::time::timeout(FLUSH_WAIT, self.engine.flush()))
+        {
+            Ok(flushed) => flushed?,
+            Err(_slow) => {
+                // the writer keeps retrying; keep the records pending, pause, try again later
+                self.stalled = true;
+                return Ok(());
+            }
+        }
+        self.stalled = false;
         for delivery in std::mem::take(&mut self.dlq_deliveries) {
             wait_delivery(&self.handle, delivery)?;
         }
