@@ -27,7 +27,7 @@ use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
 use crate::tier::sql::SqlTier;
 use crate::tier::{DurableTier, Op};
-use crate::writer::{Command, Writer};
+use crate::writer::{Command, Range, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineState {
@@ -440,8 +440,8 @@ impl SyncEngine {
     /// Deletes every item in `state`; returns how many durable items it deleted.
     pub async fn delete_by_state(&self, state: &str) -> Result<u64> {
         validate_state(state)?;
-        self.ranged(|version, reply| Command::DeleteByState {
-            state: state.to_string(),
+        self.ranged(|version, reply| Command::DeleteRange {
+            range: Range::State(state.to_string()),
             version,
             reply,
         })
@@ -463,8 +463,8 @@ impl SyncEngine {
     /// Deletes every item whose id starts with `prefix`; returns how many durable items it
     /// deleted.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        self.ranged(|version, reply| Command::DeletePrefix {
-            prefix: prefix.to_string(),
+        self.ranged(|version, reply| Command::DeleteRange {
+            range: Range::Prefix(prefix.to_string()),
             version,
             reply,
         })

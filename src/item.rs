@@ -203,42 +203,35 @@ impl SyncItem {
     }
 }
 
-/// Checks an id given as raw bytes (as the sidecar receives Kafka keys).
-pub fn validate_id_bytes(id: &[u8]) -> Result<&str> {
-    let text = std::str::from_utf8(id).map_err(|_| SyncError::InvalidId {
-        id: String::from_utf8_lossy(id).into_owned(),
-        reason: "not valid UTF-8",
-    })?;
-    validate_id(text)?;
-    Ok(text)
+/// What is wrong with an id or a state name, if anything: both are 1 to 255 bytes.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_ID_BYTES {
+        Some("longer than 255 bytes")
+    } else {
+        None
+    }
 }
 
 pub fn validate_id(id: &str) -> Result<()> {
-    let reason = if id.is_empty() {
-        "empty"
-    } else if id.len() > MAX_ID_BYTES {
-        "longer than 255 bytes"
-    } else {
-        return Ok(());
-    };
-    Err(SyncError::InvalidId {
-        id: truncate(id),
-        reason,
-    })
+    match name_problem(id) {
+        None => Ok(()),
+        Some(reason) => Err(SyncError::InvalidId {
+            id: truncate(id),
+            reason,
+        }),
+    }
 }
 
 pub fn validate_state(state: &str) -> Result<()> {
-    let reason = if state.is_empty() {
-        "empty"
-    } else if state.len() > MAX_ID_BYTES {
-        "longer than 255 bytes"
-    } else {
-        return Ok(());
-    };
-    Err(SyncError::InvalidState {
-        state: truncate(state),
-        reason,
-    })
+    match name_problem(state) {
+        None => Ok(()),
+        Some(reason) => Err(SyncError::InvalidState {
+            state: truncate(state),
+            reason,
+        }),
+    }
 }
 
 /// Error messages quote at most 64 characters of hostile input.
@@ -283,7 +276,6 @@ mod tests {
         assert!(validate_id("").is_err());
         assert!(validate_id(&"a".repeat(255)).is_ok());
         assert!(validate_id(&"a".repeat(256)).is_err());
-        assert!(validate_id_bytes(b"\xff\xfe").is_err());
         // 85 three-byte characters = 255 bytes, 86 = 258 bytes
         assert!(validate_id(&"€".repeat(85)).is_ok());
         assert!(validate_id(&"€".repeat(86)).is_err());

@@ -39,13 +39,9 @@ pub(crate) enum Command {
         version: u64,
         reply: oneshot::Sender<Result<bool>>,
     },
-    DeletePrefix {
-        prefix: String,
-        version: u64,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    DeleteByState {
-        state: String,
+    /// `delete_prefix` / `delete_by_state`.
+    DeleteRange {
+        range: Range,
         version: u64,
         reply: oneshot::Sender<Result<u64>>,
     },
@@ -56,6 +52,21 @@ pub(crate) enum Command {
     },
     /// A filter rebuild has scanned SQL; it is swapped in here, between batches.
     FinishRebuild(Rebuild),
+}
+
+/// The items a range delete removes.
+pub(crate) enum Range {
+    Prefix(String),
+    State(String),
+}
+
+impl Range {
+    fn contains(&self, item: &SyncItem) -> bool {
+        match self {
+            Range::Prefix(prefix) => item.id().starts_with(prefix.as_str()),
+            Range::State(state) => item.state() == state,
+        }
+    }
 }
 
 pub(crate) struct Writer {
@@ -135,44 +146,38 @@ impl Writer {
                 } => {
                     let _ = reply.send(self.set_state(&id, &state, version).await);
                 }
-                Command::DeletePrefix {
-                    prefix,
+                Command::DeleteRange {
+                    range,
                     version,
                     reply,
                 } => {
-                    let deleted = self.tier.delete_prefix(&prefix, version).await;
-                    self.forget(&deleted);
-                    if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
-                        remove_from_redis(redis, ids).await;
-                        // cache-only items under the prefix are in Redis but not in SQL
-                        if let Err(e) = redis.remove_prefix(&prefix).await {
-                            warn!(error = %e, prefix, "Redis prefix delete failed; cache-only copies expire by TTL");
-                        }
-                    }
-                    self.l1
-                        .invalidate_where(version, |item| item.id().starts_with(&prefix));
-                    let _ = reply.send(deleted.map(|ids| ids.len() as u64));
-                }
-                Command::DeleteByState {
-                    state,
-                    version,
-                    reply,
-                } => {
-                    let deleted = self.tier.delete_by_state(&state, version).await;
-                    self.forget(&deleted);
-                    if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
-                        remove_from_redis(redis, ids).await;
-                        // cache-only items in the state are in its Redis set, not in SQL
-                        if let Err(e) = redis.remove_state(&state).await {
-                            warn!(error = %e, state, "Redis state delete failed; cache-only copies expire by TTL");
-                        }
-                    }
-                    self.l1
-                        .invalidate_where(version, |item| item.state() == state);
-                    let _ = reply.send(deleted.map(|ids| ids.len() as u64));
+                    let _ = reply.send(self.delete_range(&range, version).await);
                 }
             }
         }
+    }
+
+    /// L3 first (tombstones), then the filter, Redis (also cache-only items, which SQL never
+    /// had) and L1.
+    async fn delete_range(&self, range: &Range, version: u64) -> Result<u64> {
+        let deleted = match range {
+            Range::Prefix(prefix) => self.tier.delete_prefix(prefix, version).await,
+            Range::State(state) => self.tier.delete_by_state(state, version).await,
+        };
+        self.forget(&deleted);
+        if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
+            remove_from_redis(redis, ids).await;
+            let cache_only = match range {
+                Range::Prefix(prefix) => redis.remove_prefix(prefix).await,
+                Range::State(state) => redis.remove_state(state).await.map(|_| ()),
+            };
+            if let Err(e) = cache_only {
+                warn!(error = %e, "Redis range delete failed; cache-only copies expire by TTL");
+            }
+        }
+        self.l1
+            .invalidate_where(version, |item| range.contains(item));
+        deleted.map(|ids| ids.len() as u64)
     }
 
     /// Ids a range delete removed from L3 leave the filter.
