@@ -456,6 +456,26 @@ async fn large_batches_are_chunked(backend: Backend) {
     engine.shutdown().await;
 }
 
+/// Several engines (sidecar replicas) starting at once on a fresh MariaDB database: the
+/// migrations run once, under a lock that waits, and every engine starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_starting_together_migrate_once() {
+    let backend = Backend::mariadb().await;
+    let starts = (0..4).map(|_| {
+        let config = backend.config();
+        tokio::spawn(async move {
+            let (_tx, rx) = tokio::sync::watch::channel(config.clone());
+            let mut engine = sync_engine::SyncEngine::new(config, rx);
+            engine.start().await.map(|_| engine)
+        })
+    });
+    let starts: Vec<_> = starts.collect();
+    for start in starts {
+        let engine = start.await.unwrap().expect("every engine starts");
+        engine.shutdown().await;
+    }
+}
+
 on_both_backends!(
     byte_exact_round_trip,
     ids_are_exact_and_prefixes_literal,

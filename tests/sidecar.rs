@@ -3,310 +3,13 @@
 //! after that, bad records go to the DLQ, and crashes or SIGTERM lose nothing.
 
 mod common;
+#[path = "common/kafka.rs"]
+mod kafka;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Backend;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde_json::Value;
-
-const KAFKA_ENV: &str = "SYNC_ENGINE_TEST_KAFKA_BROKERS";
-
-fn brokers() -> String {
-    std::env::var(KAFKA_ENV).unwrap_or_else(|_| {
-        panic!("{KAFKA_ENV} is not set: run the suite with scripts/test (it starts a broker)")
-    })
-}
-
-/// Topics and a group of one test's own.
-struct Pipeline {
-    name: String,
-    partitions: i32,
-    dir: tempfile::TempDir,
-    sql: Backend,
-}
-
-impl Pipeline {
-    async fn new(test: &str, partitions: i32) -> Pipeline {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("t{}-{test}-{nanos}", std::process::id());
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .unwrap();
-        let topics: Vec<String> = ["in", "out", "dlq"]
-            .iter()
-            .map(|t| format!("{name}.{t}"))
-            .collect();
-        let new: Vec<NewTopic> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-            .collect();
-        for result in admin
-            .create_topics(&new, &AdminOptions::new())
-            .await
-            .unwrap()
-        {
-            result.unwrap();
-        }
-        Pipeline {
-            name,
-            partitions,
-            dir: tempfile::tempdir().unwrap(),
-            sql: Backend::sqlite(),
-        }
-    }
-
-    fn topic(&self, kind: &str) -> String {
-        format!("{}.{kind}", self.name)
-    }
-
-    /// Writes the pipeline file and starts `sync-engine run` on it.
-    fn start(&self, extra: &str) -> Child {
-        let file = self.dir.path().join("pipeline.toml");
-        std::fs::write(
-            &file,
-            format!(
-                r#"sql_url = "{sql}"
-batch_flush_ms = 50
-{extra}
-[kafka]
-brokers = "{brokers}"
-group_id = "{name}.group"
-input_topic = "{name}.in"
-output_topic = "{name}.out"
-dlq_topic = "{name}.dlq"
-[kafka.consumer]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-"#,
-                sql = self.sql.url,
-                brokers = brokers(),
-                name = self.name,
-            ),
-        )
-        .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("sidecar.log"))
-            .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_sync-engine"))
-            .args(["run", "--pipeline"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
-    }
-
-    /// Produces records; returns (partition, offset) of each, in order.
-    async fn produce(&self, records: &[Rec]) -> Vec<(i32, i64)> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .unwrap();
-        let topic = self.topic("in");
-        let sends = records.iter().map(|r| {
-            let mut headers = OwnedHeaders::new();
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&topic).headers(headers);
-            if let Some(key) = &r.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(value) = &r.value {
-                record = record.payload(value.as_slice());
-            }
-            // enqueued now; the deliveries are awaited below
-            producer
-                .send_result(record)
-                .unwrap_or_else(|(e, _)| panic!("enqueue failed: {e}"))
-        });
-        let sends: Vec<_> = sends.collect();
-        let mut positions = Vec::new();
-        for delivery in sends {
-            let delivery = delivery
-                .await
-                .unwrap()
-                .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
-            positions.push((delivery.partition, delivery.offset));
-        }
-        positions
-    }
-
-    /// Reads a whole topic from the start (no group) until `done` says enough, or panics.
-    fn read_until(
-        &self,
-        kind: &str,
-        deadline: Duration,
-        done: impl Fn(&[Out]) -> bool,
-    ) -> Vec<Out> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", format!("{}.reader.{kind}", self.name))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            tpl.add_partition_offset(&self.topic(kind), p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let mut out = Vec::new();
-        let end = Instant::now() + deadline;
-        while !done(&out) {
-            assert!(
-                Instant::now() < end,
-                "{kind}: gave up after {} records; sidecar log:\n{}",
-                out.len(),
-                self.log()
-            );
-            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                let m = message.unwrap();
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Out {
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-            }
-        }
-        out
-    }
-
-    /// The group's committed offset per partition.
-    fn committed(&self) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .set("group.id", format!("{}.group", self.name))
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..self.partitions {
-            tpl.add_partition(&self.topic("in"), p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Rec {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, String)>,
-}
-
-fn put(id: &str, value: &[u8], headers: &[(&str, &str)]) -> Rec {
-    Rec {
-        key: Some(id.as_bytes().to_vec()),
-        value: Some(value.to_vec()),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-fn delete(id: &str) -> Rec {
-    Rec {
-        key: Some(id.as_bytes().to_vec()),
-        value: None,
-        headers: Vec::new(),
-    }
-}
-
-#[derive(Debug)]
-struct Out {
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: BTreeMap<String, String>,
-}
-
-/// Every (partition, offset) the confirmations cover, with how often each was confirmed.
-fn confirmed(outs: &[Out]) -> BTreeMap<(i32, i64), usize> {
-    let mut seen = BTreeMap::new();
-    for out in outs {
-        let c: Value = serde_json::from_slice(out.value.as_ref().unwrap()).unwrap();
-        assert_eq!(c["type"], "confirmation");
-        let partition = c["partition"].as_i64().unwrap() as i32;
-        assert_eq!(
-            out.key.as_deref(),
-            Some(format!("{}:{partition}", c["source_topic"].as_str().unwrap()).as_bytes())
-        );
-        for item in c["items"].as_array().unwrap() {
-            *seen
-                .entry((partition, item["offset"].as_i64().unwrap()))
-                .or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-fn wait_exit(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < end, "the sidecar did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use kafka::{confirmed, delete, log_ends, put, Pipeline, Rec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_become_rows_confirmations_and_commits() {
@@ -352,24 +55,13 @@ async fn records_become_rows_confirmations_and_commits() {
     );
 
     // the group's committed offsets reach the end of every partition
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for (partition, offset) in &positions {
-        let e = ends.entry(*partition).or_insert(0);
-        *e = (*e).max(offset + 1);
-    }
-    let end = Instant::now() + Duration::from_secs(30);
-    while p.committed() != ends {
-        assert!(
-            Instant::now() < end,
-            "committed {:?} != {:?}",
-            p.committed(),
-            ends
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    sigterm(&child);
+    p.wait_committed(
+        &log_ends(positions.iter().copied()),
+        Duration::from_secs(30),
+    );
+    child.sigterm();
     assert!(
-        wait_exit(&mut child, Duration::from_secs(30)).success(),
+        child.wait_exit(Duration::from_secs(30)).success(),
         "{}",
         p.log()
     );
@@ -484,9 +176,9 @@ async fn per_key_order_and_bad_records() {
         assert_eq!(out.value, original.0.value, "original value kept");
         assert!(out.headers.contains_key("sync-source-offset"));
     }
-    sigterm(&child);
+    child.sigterm();
     assert!(
-        wait_exit(&mut child, Duration::from_secs(30)).success(),
+        child.wait_exit(Duration::from_secs(30)).success(),
         "{}",
         p.log()
     );
@@ -535,14 +227,13 @@ async fn sigkill_then_restart_loses_nothing() {
     let positions = p.produce(&records).await;
     let mut child = p.start("batch_flush_count = 200");
     p.read_until("out", Duration::from_secs(90), |o| !o.is_empty());
-    child.kill().unwrap(); // SIGKILL, mid-stream
-    child.wait().unwrap();
+    child.sigkill(); // mid-stream
 
     let mut child = p.start("batch_flush_count = 200");
     let outs = p.read_until("out", Duration::from_secs(120), |o| confirmed(o).len() >= n);
-    sigterm(&child);
+    child.sigterm();
     assert!(
-        wait_exit(&mut child, Duration::from_secs(30)).success(),
+        child.wait_exit(Duration::from_secs(30)).success(),
         "{}",
         p.log()
     );

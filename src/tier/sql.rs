@@ -104,7 +104,7 @@ impl SqlTier {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(&url)
                 .await?;
-            sqlx::migrate!("schemas/sql/mysql").run(&pool).await?;
+            migrate_mysql(&pool).await?;
             let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
                 .fetch_one(&pool)
                 .await?;
@@ -235,6 +235,31 @@ impl SqlTier {
                 .collect()
         })
     }
+}
+
+/// Applies the MySQL migrations under a lock that really waits. (sqlx's own lock is
+/// `GET_LOCK(name, -1)`, which MariaDB answers with NULL at once instead of waiting, so two
+/// engines starting together on a fresh database would both migrate and one would fail.)
+async fn migrate_mysql(pool: &MySqlPool) -> Result<()> {
+    const LOCK: &str = "sync_engine_migrations";
+    let mut conn = pool.acquire().await?;
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 120)")
+        .bind(LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    if locked != Some(1) {
+        return Err(SyncError::Config(
+            "could not take the migration lock within 120 s (another engine is migrating?)".into(),
+        ));
+    }
+    let mut migrator = sqlx::migrate!("schemas/sql/mysql");
+    migrator.set_locking(false); // ours is held
+    let migrated = migrator.run_direct(&mut *conn).await;
+    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+        .bind(LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(migrated?)
 }
 
 /// Turns the six columns of [`ITEM_COLUMNS`] into an item.
