@@ -74,7 +74,7 @@ pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<(
 
     let sidecar = tokio::spawn(sync_engine::sidecar::run(config, stop.clone()));
     if options.demo {
-        let outcome = demo(&kafka, options.items).await;
+        let outcome = demo(&kafka, options.items, options.redis_url.is_some()).await;
         stop.store(true, Ordering::SeqCst);
         let summary = sidecar.await??;
         let elapsed = outcome?;
@@ -108,7 +108,7 @@ type SampleRecord = (
 );
 
 /// Record `i` of the demo: JSON and binary items, states, TTLs, deletes, and a few bad ones.
-fn sample(i: usize) -> SampleRecord {
+fn sample(i: usize, has_redis: bool) -> SampleRecord {
     let id = format!("demo:{:05}", i % 5000);
     match i % 50 {
         49 => (
@@ -134,7 +134,11 @@ fn sample(i: usize) -> SampleRecord {
                 serde_json::to_vec(&json!({"session": i, "user": format!("u{}", i % 97)}))
                     .expect("json"),
             ),
-            vec![("sync-route", "redis".into()), ("sync-ttl", "hour".into())],
+            // sessions: cache-only with a TTL where there is a Redis, else kept in SQL too
+            match has_redis {
+                true => vec![("sync-route", "redis".into()), ("sync-ttl", "hour".into())],
+                false => vec![("sync-ttl", "hour".into())],
+            },
         ),
         _ => (
             Some(id.into_bytes()),
@@ -153,7 +157,7 @@ fn sample(i: usize) -> SampleRecord {
 }
 
 /// Produces the workload and follows the confirmations until every record is accounted for.
-async fn demo(kafka: &KafkaConfig, items: usize) -> anyhow::Result<Duration> {
+async fn demo(kafka: &KafkaConfig, items: usize, has_redis: bool) -> anyhow::Result<Duration> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("linger.ms", "5")
@@ -161,7 +165,7 @@ async fn demo(kafka: &KafkaConfig, items: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(items);
     for i in 0..items {
-        let (key, value, headers) = sample(i);
+        let (key, value, headers) = sample(i, has_redis);
         let mut owned = OwnedHeaders::new();
         for (k, v) in &headers {
             owned = owned.insert(Header {
