@@ -291,10 +291,15 @@ ensure_kafka() {
         [ -x "$tansu" ] || chmod +x "$tansu"
         local logfile="$SYNC_ENGINE_TOOLS_DIR/tansu-$KAFKA_PORT.log"
         log "starting tansu ($tansu) on 127.0.0.1:$KAFKA_PORT (log: $logfile)"
-        _detached setsid nohup "$tansu" broker \
-            --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-            --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-            --storage-engine memory://tansu/ >>"$logfile" 2>&1 </dev/null &
+        # exec in a subshell that has closed the lock's fd 9: a shell left waiting on the
+        # broker would hold the services lock for as long as the broker runs
+        (
+            exec 9>&-
+            exec setsid nohup "$tansu" broker \
+                --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+                --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+                --storage-engine memory://tansu/ >>"$logfile" 2>&1 </dev/null
+        ) &
         if ! wait_until 30 "tansu on port $KAFKA_PORT" _kafka_open; then
             tail -n 20 "$logfile" >&2
             die "tansu did not listen on 127.0.0.1:$KAFKA_PORT"
