@@ -10,6 +10,9 @@ use std::time::Instant;
 
 mod dev;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -69,12 +72,45 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+    let traces = init_tracing()?;
+    let result = dispatch(Cli::parse().command).await;
+    if let Some(provider) = traces {
+        // export what is still buffered
+        let _ = provider.shutdown();
+    }
+    result
+}
+
+/// Logs to stderr (`RUST_LOG`, default `info`); spans also go to an OTLP/HTTP collector when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. `http://127.0.0.1:4318`).
+fn init_tracing() -> anyhow::Result<Option<SdkTracerProvider>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer());
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
+        registry.init();
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .context("OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer("sync-engine");
+    registry
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .init();
-    match Cli::parse().command {
+    Ok(Some(provider))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run { pipeline } => run(pipeline).await,
         Command::Dev {
             demo,

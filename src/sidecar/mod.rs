@@ -18,6 +18,7 @@
 pub mod config;
 pub mod events;
 pub mod record;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -217,12 +218,14 @@ impl Pipeline {
             .headers()
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
             .unwrap_or_default();
+        let (partition, offset) = (message.partition(), message.offset());
+        let span = trace::record_span(&headers, message.topic(), partition, offset);
+        let _in_span = span.enter();
         let raw = RawRecord {
             key: message.key(),
             value: message.payload(),
             headers,
         };
-        let (partition, offset) = (message.partition(), message.offset());
         let source: Arc<str> = Arc::from(format!("{}/{partition}", message.topic()));
         let version = offset as u64 + 1; // offsets start at 0; version 0 means "unversioned"
         let confirmed = match record::decode(
