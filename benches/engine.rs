@@ -21,12 +21,15 @@
 //! two fresh databases are created on that server and dropped at the end. When the variable
 //! is unset the MariaDB benchmarks are skipped (with a note) and the rest still runs.
 
+#[path = "common/payload.rs"]
+mod payload;
+use payload::{payload, ITEM_BYTES};
+
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use serde_json::json;
 use sqlx::mysql::MySqlConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -40,7 +43,6 @@ const SUMMARY_RUNS_ENV: &str = "SYNC_ENGINE_BENCH_SUMMARY_RUNS";
 /// Items per iteration of the write benchmarks.
 const N: usize = 5000;
 /// Payload size of every item: a JSON object padded to exactly this many bytes.
-const ITEM_BYTES: usize = 1024;
 const BATCH_FLUSH_COUNT: usize = 1000;
 /// The raw ceiling's statement and transaction sizes.
 const ROWS_PER_STATEMENT: usize = 500;
@@ -53,50 +55,6 @@ const MYSQL_DDL: &str = include_str!("../schemas/sql/mysql/0001_sync_items.sql")
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 /// Versions of the raw rows (the engine stamps its own).
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(0);
-
-/// A realistic customer record, padded with a free-text field to exactly `ITEM_BYTES`.
-fn payload(n: u64) -> Vec<u8> {
-    let mut value = json!({
-        "id": n,
-        "type": "customer",
-        "name": format!("Customer {n}"),
-        "email": format!("customer{n}@example.com"),
-        "created_at": "2024-05-17T09:31:12.482Z",
-        "updated_at": "2025-01-03T17:04:55.019Z",
-        "active": n % 7 != 0,
-        "score": (n % 1000) as f64 / 10.0,
-        "tags": ["retail", "newsletter", if n % 2 == 0 { "even" } else { "odd" }],
-        "address": {
-            "street": format!("{} Main Street", n % 9999),
-            "city": "Springfield",
-            "zip": format!("{:05}", n % 100_000),
-            "country": "US"
-        },
-        "preferences": {
-            "language": "en-US",
-            "currency": "USD",
-            "notifications": { "email": true, "sms": false, "push": n % 3 == 0 }
-        },
-        "orders": [
-            { "sku": format!("SKU-{:06}", n % 1_000_000), "qty": 1 + n % 5, "price": 19.99 },
-            { "sku": format!("SKU-{:06}", (n * 7) % 1_000_000), "qty": 2, "price": 4.5 },
-            { "sku": format!("SKU-{:06}", (n * 13) % 1_000_000), "qty": 1, "price": 129.0 }
-        ],
-        "notes": ""
-    });
-    let bare = serde_json::to_vec(&value).expect("serializes").len();
-    assert!(bare < ITEM_BYTES, "the record alone is {bare} bytes");
-    let filler: String = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
-        .chars()
-        .cycle()
-        .skip((n % 17) as usize)
-        .take(ITEM_BYTES - bare)
-        .collect();
-    value["notes"] = filler.into();
-    let bytes = serde_json::to_vec(&value).expect("serializes");
-    assert_eq!(bytes.len(), ITEM_BYTES);
-    bytes
-}
 
 /// `n` new items with ids never used before.
 fn new_items(n: usize) -> Vec<SyncItem> {

@@ -37,12 +37,15 @@
 //! as a smoke test. A server that cannot be reached is skipped with a note. Keys live under a
 //! prefix unique to the run and are UNLINKed at the end (also if the bench panics).
 
+#[path = "common/payload.rs"]
+mod payload;
+use payload::{payload, ITEM_BYTES};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
-use serde_json::json;
 use sync_engine::{ContentType, SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
 
@@ -52,7 +55,6 @@ const PLAIN_DEFAULT: &str = "redis://127.0.0.1:6379";
 const STACK_DEFAULT: &str = "redis://127.0.0.1:6380";
 
 /// Payload size of every item.
-const ITEM_BYTES: usize = 1024;
 /// `batch_flush_count` of the engines, and the raw ceilings' pipeline size.
 const BATCH: usize = 1000;
 /// Untimed reads of absent ids before each timed read round (connections, scripts, SQLite).
@@ -89,51 +91,6 @@ const SMOKE: Sizes = Sizes {
 
 /// Ids are never reused within a run.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-/// A realistic customer record, padded with a free-text field to exactly `ITEM_BYTES`
-/// (as in `benches/engine.rs`).
-fn payload(n: u64) -> Vec<u8> {
-    let mut value = json!({
-        "id": n,
-        "type": "customer",
-        "name": format!("Customer {n}"),
-        "email": format!("customer{n}@example.com"),
-        "created_at": "2024-05-17T09:31:12.482Z",
-        "updated_at": "2025-01-03T17:04:55.019Z",
-        "active": n % 7 != 0,
-        "score": (n % 1000) as f64 / 10.0,
-        "tags": ["retail", "newsletter", if n % 2 == 0 { "even" } else { "odd" }],
-        "address": {
-            "street": format!("{} Main Street", n % 9999),
-            "city": "Springfield",
-            "zip": format!("{:05}", n % 100_000),
-            "country": "US"
-        },
-        "preferences": {
-            "language": "en-US",
-            "currency": "USD",
-            "notifications": { "email": true, "sms": false, "push": n % 3 == 0 }
-        },
-        "orders": [
-            { "sku": format!("SKU-{:06}", n % 1_000_000), "qty": 1 + n % 5, "price": 19.99 },
-            { "sku": format!("SKU-{:06}", (n * 7) % 1_000_000), "qty": 2, "price": 4.5 },
-            { "sku": format!("SKU-{:06}", (n * 13) % 1_000_000), "qty": 1, "price": 129.0 }
-        ],
-        "notes": ""
-    });
-    let bare = serde_json::to_vec(&value).expect("serializes").len();
-    assert!(bare < ITEM_BYTES, "the record alone is {bare} bytes");
-    let filler: String = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
-        .chars()
-        .cycle()
-        .skip((n % 17) as usize)
-        .take(ITEM_BYTES - bare)
-        .collect();
-    value["notes"] = filler.into();
-    let bytes = serde_json::to_vec(&value).expect("serializes");
-    assert_eq!(bytes.len(), ITEM_BYTES);
-    bytes
-}
 
 /// xorshift64*: shuffles and random payloads without another dependency.
 struct Rng(u64);

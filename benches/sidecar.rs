@@ -52,6 +52,10 @@
 //! the bench with a note. Under `cargo test --benches` (no `--bench` argument) everything runs
 //! once with small sizes as a smoke test.
 
+#[path = "common/payload.rs"]
+mod payload;
+use payload::{payload, ITEM_BYTES};
+
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -67,7 +71,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Deserialize;
-use serde_json::json;
 use sqlx::mysql::MySqlConnection;
 use sqlx::Connection;
 use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};
@@ -83,7 +86,6 @@ const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
 const SIDECAR: &str = env!("CARGO_BIN_EXE_sync-engine");
 
 /// Payload size of every item.
-const ITEM_BYTES: usize = 1024;
 const PARTITIONS: i32 = 4;
 /// Records produced and confirmed before the latency measurement starts.
 const WARMUP_RECORDS: usize = 100;
@@ -137,51 +139,6 @@ const DEFAULT_TUNING: Tuning = Tuning {
 
 // ---------------------------------------------------------------------------------------
 // payloads
-
-/// A realistic customer record, padded with a free-text field to exactly `ITEM_BYTES`
-/// (as in `benches/engine.rs`).
-fn payload(n: u64) -> Vec<u8> {
-    let mut value = json!({
-        "id": n,
-        "type": "customer",
-        "name": format!("Customer {n}"),
-        "email": format!("customer{n}@example.com"),
-        "created_at": "2024-05-17T09:31:12.482Z",
-        "updated_at": "2025-01-03T17:04:55.019Z",
-        "active": n % 7 != 0,
-        "score": (n % 1000) as f64 / 10.0,
-        "tags": ["retail", "newsletter", if n % 2 == 0 { "even" } else { "odd" }],
-        "address": {
-            "street": format!("{} Main Street", n % 9999),
-            "city": "Springfield",
-            "zip": format!("{:05}", n % 100_000),
-            "country": "US"
-        },
-        "preferences": {
-            "language": "en-US",
-            "currency": "USD",
-            "notifications": { "email": true, "sms": false, "push": n % 3 == 0 }
-        },
-        "orders": [
-            { "sku": format!("SKU-{:06}", n % 1_000_000), "qty": 1 + n % 5, "price": 19.99 },
-            { "sku": format!("SKU-{:06}", (n * 7) % 1_000_000), "qty": 2, "price": 4.5 },
-            { "sku": format!("SKU-{:06}", (n * 13) % 1_000_000), "qty": 1, "price": 129.0 }
-        ],
-        "notes": ""
-    });
-    let bare = serde_json::to_vec(&value).expect("serializes").len();
-    assert!(bare < ITEM_BYTES, "the record alone is {bare} bytes");
-    let filler: String = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
-        .chars()
-        .cycle()
-        .skip((n % 17) as usize)
-        .take(ITEM_BYTES - bare)
-        .collect();
-    value["notes"] = filler.into();
-    let bytes = serde_json::to_vec(&value).expect("serializes");
-    assert_eq!(bytes.len(), ITEM_BYTES);
-    bytes
-}
 
 // ---------------------------------------------------------------------------------------
 // statistics
