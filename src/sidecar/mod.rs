@@ -200,7 +200,9 @@ struct Pipeline {
     handle: Handle,
     config: PipelineConfig,
     /// Per partition, the records consumed since the last checkpoint, in offset order.
-    pending: BTreeMap<i32, Vec<ConfirmedItem>>,
+    /// Per (topic, partition) — the record's own topic, so confirmations, commits and DLQ
+    /// headers always name the same one.
+    pending: BTreeMap<(String, i32), Vec<ConfirmedItem>>,
     pending_since: Option<Instant>,
     /// The last checkpoint could not make the engine durable in time (SQL slow or down).
     stalled: bool,
@@ -283,7 +285,10 @@ impl Pipeline {
             Op::Dlq => self.summary.dlq += 1,
             _ => self.summary.written += 1,
         }
-        self.pending.entry(partition).or_default().push(confirmed);
+        self.pending
+            .entry((message.topic().to_string(), partition))
+            .or_default()
+            .push(confirmed);
         self.pending_since.get_or_insert_with(Instant::now);
         Ok(())
     }
@@ -396,10 +401,9 @@ impl Pipeline {
         for delivery in std::mem::take(&mut self.dlq_deliveries) {
             wait_delivery(&self.handle, delivery)?;
         }
-        let topic = self.config.kafka.input_topic.clone();
         let mut offsets = TopicPartitionList::new();
         let mut confirmations = Vec::with_capacity(self.pending.len());
-        for (partition, items) in &self.pending {
+        for ((topic, partition), items) in &self.pending {
             let confirmation = Confirmation {
                 kind: Confirmation::KIND,
                 source_topic: topic.clone(),
@@ -419,7 +423,7 @@ impl Pipeline {
                     .map_err(|(e, _)| SyncError::Kafka(e))?,
             );
             offsets.add_partition_offset(
-                &topic,
+                topic,
                 *partition,
                 Offset::Offset(confirmation.last_offset + 1),
             )?;
