@@ -125,14 +125,7 @@ async fn ids_are_exact_and_prefixes_literal(backend: Backend) {
     assert_eq!(engine.delete_prefix("a_").await.unwrap(), 2);
     assert_eq!(engine.delete_prefix("a%").await.unwrap(), 2);
     assert_eq!(engine.delete_prefix("a\\").await.unwrap(), 2);
-    let left: Vec<Vec<u8>> = backend
-        .raw()
-        .await
-        .rows()
-        .await
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let left: Vec<Vec<u8>> = backend.raw().await.ids().await;
     let mut want: Vec<&str> = ids
         .iter()
         .copied()
@@ -190,14 +183,7 @@ async fn deletes_keep_their_order(backend: Backend) {
         engine.get("revived").await.unwrap().unwrap().content(),
         b"2"
     );
-    let ids: Vec<Vec<u8>> = backend
-        .raw()
-        .await
-        .rows()
-        .await
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let ids: Vec<Vec<u8>> = backend.raw().await.ids().await;
     assert_eq!(ids, vec![b"revived".to_vec()]);
     engine.shutdown().await;
 }
@@ -406,14 +392,7 @@ async fn bad_input_is_a_typed_error(backend: Backend) {
         .await
         .unwrap();
     engine.shutdown().await;
-    let ids: Vec<Vec<u8>> = backend
-        .raw()
-        .await
-        .rows()
-        .await
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let ids: Vec<Vec<u8>> = backend.raw().await.ids().await;
     assert_eq!(
         ids,
         vec![

@@ -142,14 +142,7 @@ async fn routing_and_ttl(redis: Redis) {
         .unwrap();
     engine.flush().await.unwrap();
 
-    let rows: Vec<Vec<u8>> = sql
-        .raw()
-        .await
-        .rows()
-        .await
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let rows: Vec<Vec<u8>> = sql.raw().await.ids().await;
     assert_eq!(
         rows,
         vec![b"both".to_vec(), b"durable".to_vec()],

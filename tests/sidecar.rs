@@ -191,11 +191,8 @@ async fn per_key_order_and_bad_records() {
         .await
         .into_iter()
         .map(|r| {
-            (
-                r.id,
-                r.payload_blob
-                    .unwrap_or_else(|| r.payload.unwrap().into_bytes()),
-            )
+            let content = r.content();
+            (r.id, content)
         })
         .collect();
     for i in 0..20 {

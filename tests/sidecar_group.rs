@@ -139,9 +139,7 @@ async fn two_sidecars_split_then_one_is_killed() {
         .await
         .into_iter()
         .map(|r| {
-            let payload = r
-                .payload_blob
-                .unwrap_or_else(|| r.payload.unwrap().into_bytes());
+            let payload = r.content();
             (r.id, (payload, r.version))
         })
         .collect();
@@ -265,9 +263,7 @@ async fn sigterm_drains_everything_consumed() {
         .await
         .into_iter()
         .map(|r| {
-            let payload = r
-                .payload_blob
-                .unwrap_or_else(|| r.payload.unwrap().into_bytes());
+            let payload = r.content();
             (r.id, (payload, r.content_hash))
         })
         .collect();

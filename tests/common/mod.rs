@@ -111,6 +111,17 @@ type RowTuple = (
     i64,
 );
 
+impl RawRow {
+    /// The payload bytes, from whichever column holds them (`payload` for JSON, else the blob).
+    pub fn content(&self) -> Vec<u8> {
+        match (&self.payload, &self.payload_blob) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(blob)) => blob.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
 pub enum Raw {
     MySql(sqlx::MySqlConnection),
     Sqlite(sqlx::SqliteConnection),
@@ -138,6 +149,11 @@ impl Raw {
                 })
                 .collect()
         })
+    }
+
+    /// The ids of every live row, in id order.
+    pub async fn ids(&mut self) -> Vec<Vec<u8>> {
+        self.rows().await.into_iter().map(|r| r.id).collect()
     }
 
     pub async fn row(&mut self, id: &str) -> Option<RawRow> {
