@@ -21,6 +21,7 @@ use crate::error::{Result, SyncError};
 use crate::filter::L3Filter;
 use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
+use crate::merkle::{Proof, StateRoot};
 use crate::options::SubmitOptions;
 use crate::search::{Query, SearchIndex};
 use crate::tier::memory::MemoryTier;
@@ -99,6 +100,9 @@ pub struct SyncEngine {
     max_payload_bytes: usize,
     source: Arc<str>,
 }
+
+/// Rows per page when `prove` scans a partition.
+const PROOF_PAGE: usize = 10_000;
 
 impl SyncEngine {
     /// A stopped engine; [`SyncEngine::start`] connects. Batch limits are re-read from
@@ -556,6 +560,51 @@ impl SyncEngine {
             .as_ref()
             .ok_or_else(|| SyncError::Config("no redis_url".into()))?;
         Ok(redis.state_members(state).await?)
+    }
+
+    /// The state root of `partition` (`"local"` for library writes, `<topic>/<partition>` for
+    /// the sidecar's) as committed in SQL: everything flushed so far, nothing pending.
+    pub async fn merkle_root(&self, partition: &str) -> Result<StateRoot> {
+        let digest = self.tier()?.merkle_digest(partition).await?;
+        Ok(StateRoot::of(partition, &digest))
+    }
+
+    /// The roots of every partition with stored digests.
+    pub async fn merkle_roots(&self) -> Result<Vec<StateRoot>> {
+        let tier = self.tier()?;
+        let mut roots = Vec::new();
+        for partition in tier.merkle_partitions().await? {
+            roots.push(StateRoot::of(&partition, &tier.merkle_digest(&partition).await?));
+        }
+        Ok(roots)
+    }
+
+    /// An inclusion proof of `id`'s committed `(id, content_hash)` in its partition's root,
+    /// built from the SQL rows (a scan of the table); `None` when SQL does not hold `id`.
+    /// Check it with [`Proof::check`](crate::merkle::Proof::check) and compare its root with
+    /// a trusted one (a checkpoint's).
+    pub async fn prove(&self, id: &str) -> Result<Option<Proof>> {
+        let tier = self.tier()?;
+        let Some(row) = tier.leaf_row(id).await? else {
+            return Ok(None);
+        };
+        let mut members: Vec<(String, String)> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = tier.leaves_after(after.as_deref(), PROOF_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            members.extend(
+                page.into_iter()
+                    .filter(|r| r.source == row.source)
+                    .map(|r| (r.id, r.content_hash)),
+            );
+        }
+        Ok(Proof::build(
+            &row.source,
+            id,
+            members.iter().map(|(i, h)| (i.as_str(), h.as_str())),
+        ))
     }
 
     /// Cached plus pending bytes over `l1_max_bytes` (0.0 = empty).

@@ -29,6 +29,7 @@ mod engine;
 pub mod error;
 pub mod filter;
 pub mod item;
+pub mod merkle;
 mod l1;
 pub mod options;
 pub mod search;

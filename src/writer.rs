@@ -164,6 +164,8 @@ impl Writer {
             Range::Prefix(prefix) => self.tier.delete_prefix(prefix, version).await,
             Range::State(state) => self.tier.delete_by_state(state, version).await,
         };
+        let deleted: Result<Vec<String>> =
+            deleted.map(|removed| removed.into_iter().map(|r| r.id).collect());
         self.forget(&deleted);
         if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
             remove_from_redis(redis, ids).await;
@@ -248,7 +250,13 @@ impl Writer {
             .redis_ttl_ms()
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis);
-        let _ = redis.write(&[CacheWrite::Put { item, ttl }]).await;
+        let _ = redis
+            .write(&[CacheWrite::Put {
+                item,
+                ttl,
+                mirrored: true,
+            }])
+            .await;
     }
 
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
@@ -292,7 +300,7 @@ impl Writer {
         // after this point must not be told "absent" for an item just written
         if let Some(filter) = &self.filter {
             for (entry, outcome) in durable.iter().zip(&applied) {
-                match (&entry.op, outcome.applied, outcome.was_live) {
+                match (&entry.op, outcome.applied, outcome.was_live()) {
                     (Op::Put(_), true, false) => filter.insert(entry.op.id()),
                     (Op::Delete { .. }, true, true) => filter.remove(entry.op.id()),
                     _ => {}
@@ -314,6 +322,7 @@ impl Writer {
                     Op::Put(item) if entry.redis => CacheWrite::Put {
                         item,
                         ttl: entry.ttl,
+                        mirrored: entry.sql,
                     },
                     op => CacheWrite::Remove { id: op.id() },
                 })

@@ -7,14 +7,37 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{prefix_upper_bound, Applied, DurableTier, Op};
+use super::{
+    merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed,
+};
 use crate::error::Result;
-use crate::item::SyncItem;
+use crate::item::{content_hash, SyncItem};
+use crate::merkle::{Delta, PartitionDigest};
 
 #[derive(Default)]
 struct Tables {
     items: BTreeMap<Vec<u8>, Arc<SyncItem>>,
     tombstones: BTreeMap<Vec<u8>, u64>,
+    /// Merkle digests per partition, moved by every change as the SQL tier's are.
+    digests: BTreeMap<String, PartitionDigest>,
+}
+
+fn prior(item: &SyncItem) -> Prior {
+    Prior {
+        source: item.source().to_string(),
+        content_hash: item.content_hash().to_string(),
+        redis_ttl_ms: item.redis_ttl_ms(),
+    }
+}
+
+fn leaf_row(item: &SyncItem) -> LeafRow {
+    LeafRow {
+        id: item.id().to_string(),
+        source: item.source().to_string(),
+        content_hash: item.content_hash().to_string(),
+        payload_ok: content_hash(item.content()) == item.content_hash(),
+        redis_ttl_ms: item.redis_ttl_ms(),
+    }
 }
 
 impl Tables {
@@ -33,22 +56,35 @@ impl Tables {
             .map(|(_, v)| v)
     }
 
-    fn tombstone_where(&mut self, version: u64, keep: impl Fn(&SyncItem) -> bool) -> Vec<String> {
+    fn store(&mut self, delta: &Delta) {
+        for (partition, bucket, count, xor) in delta.changes() {
+            let digest = self.digests.entry(partition.to_string()).or_default();
+            digest.set_bucket(bucket, Delta::apply_to(digest.bucket(bucket), count, xor));
+        }
+    }
+
+    fn tombstone_where(&mut self, version: u64, keep: impl Fn(&SyncItem) -> bool) -> Vec<Removed> {
         let doomed: Vec<Vec<u8>> = self
             .items
             .iter()
             .filter(|(_, item)| !keep(item) && item.version() < version)
             .map(|(k, _)| k.clone())
             .collect();
-        let mut ids = Vec::with_capacity(doomed.len());
+        let mut removed = Vec::with_capacity(doomed.len());
+        let mut delta = Delta::default();
         for key in doomed {
             if let Some(item) = self.items.remove(&key) {
-                ids.push(item.id().to_string());
+                delta.remove(item.source(), item.id(), item.content_hash());
+                removed.push(Removed {
+                    id: item.id().to_string(),
+                    prior: prior(&item),
+                });
             }
             let t = self.tombstones.entry(key).or_default();
             *t = (*t).max(version);
         }
-        ids
+        self.store(&delta);
+        removed
     }
 }
 
@@ -71,15 +107,15 @@ impl MemoryTier {
 impl DurableTier for MemoryTier {
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         let mut t = self.lock();
-        Ok(ops
+        let applied: Vec<Applied> = ops
             .iter()
             .map(|op| {
                 let key = op.id().as_bytes().to_vec();
-                let was_live = t.items.contains_key(&key);
+                let before = t.items.get(&key).map(|item| prior(item));
                 if t.stored_version(&key).is_some_and(|v| v >= op.version()) {
                     return Applied {
                         applied: false,
-                        was_live,
+                        prior: before,
                     };
                 }
                 match op {
@@ -94,10 +130,12 @@ impl DurableTier for MemoryTier {
                 }
                 Applied {
                     applied: true,
-                    was_live,
+                    prior: before,
                 }
             })
-            .collect())
+            .collect();
+        t.store(&merkle_delta(ops, &applied));
+        Ok(applied)
     }
 
     async fn get(&self, id: &str) -> Result<Option<SyncItem>> {
@@ -128,7 +166,7 @@ impl DurableTier for MemoryTier {
         Ok(self.lock().under_prefix(prefix).count() as u64)
     }
 
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>> {
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<Removed>> {
         let prefix = prefix.to_string();
         Ok(self
             .lock()
@@ -154,7 +192,7 @@ impl DurableTier for MemoryTier {
             .count() as u64)
     }
 
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>> {
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<Removed>> {
         Ok(self
             .lock()
             .tombstone_where(version, |item| item.state() != state))
@@ -199,6 +237,29 @@ impl DurableTier for MemoryTier {
         let live = t.items.values().map(|i| i.version()).max().unwrap_or(0);
         let dead = t.tombstones.values().copied().max().unwrap_or(0);
         Ok(live.max(dead))
+    }
+
+    async fn merkle_partitions(&self) -> Result<Vec<String>> {
+        Ok(self.lock().digests.keys().cloned().collect())
+    }
+
+    async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
+        Ok(self.lock().digests.get(partition).cloned().unwrap_or_default())
+    }
+
+    async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let t = self.lock();
+        let start = after.map_or(Unbounded, |a| Excluded(a.as_bytes().to_vec()));
+        Ok(t.items
+            .range((start, Unbounded))
+            .take(limit)
+            .map(|(_, item)| leaf_row(item))
+            .collect())
+    }
+
+    async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
+        Ok(self.lock().items.get(id.as_bytes()).map(|i| leaf_row(i)))
     }
 
     fn payload_limit(&self) -> Option<usize> {

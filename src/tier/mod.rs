@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::item::SyncItem;
+use crate::merkle::{Delta, PartitionDigest};
 
 pub mod memory;
 pub mod redis;
@@ -52,13 +53,62 @@ impl Op {
     }
 }
 
+/// What a live row held before a write replaced or removed it: what the Merkle digests
+/// (and Redis's mirror of them) must take out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prior {
+    pub source: String,
+    pub content_hash: String,
+    pub redis_ttl_ms: Option<u64>,
+}
+
 /// What became of one op of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// It was newer than the stored row or tombstone, so it changed the tier.
     pub applied: bool,
-    /// The id had a live row before the batch.
-    pub was_live: bool,
+    /// The live row before the batch, if there was one.
+    pub prior: Option<Prior>,
+}
+
+impl Applied {
+    pub fn was_live(&self) -> bool {
+        self.prior.is_some()
+    }
+}
+
+/// A row a range delete removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub id: String,
+    pub prior: Prior,
+}
+
+/// One row as `verify` and `prove` read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafRow {
+    pub id: String,
+    pub source: String,
+    pub content_hash: String,
+    /// The stored payload still hashes to `content_hash`.
+    pub payload_ok: bool,
+    pub redis_ttl_ms: Option<u64>,
+}
+
+/// How a batch's outcome moves the Merkle digests: every applied op takes its prior leaf
+/// out, every applied put adds its new one. (A replay applies nothing; a delete of an absent
+/// id has no prior: both leave the digests alone.)
+pub fn merkle_delta(ops: &[Op], applied: &[Applied]) -> Delta {
+    let mut delta = Delta::default();
+    for (op, outcome) in ops.iter().zip(applied).filter(|(_, a)| a.applied) {
+        if let Some(prior) = &outcome.prior {
+            delta.remove(&prior.source, op.id(), &prior.content_hash);
+        }
+        if let Op::Put(item) = op {
+            delta.add(item.source(), item.id(), item.content_hash());
+        }
+    }
+    delta
 }
 
 #[async_trait]
@@ -81,15 +131,15 @@ pub trait DurableTier: Send + Sync {
 
     async fn count_prefix(&self, prefix: &str) -> Result<u64>;
 
-    /// Deletes (tombstones) every item under `prefix` older than `version`; returns their ids.
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>>;
+    /// Deletes (tombstones) every item under `prefix` older than `version`; returns them.
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<Removed>>;
 
     async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>>;
 
     async fn count_by_state(&self, state: &str) -> Result<u64>;
 
-    /// Deletes (tombstones) every item in `state` older than `version`; returns their ids.
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>>;
+    /// Deletes (tombstones) every item in `state` older than `version`; returns them.
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<Removed>>;
 
     /// Sets the state of a live item older than `version`; false when there is none.
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool>;
@@ -100,6 +150,18 @@ pub trait DurableTier: Send + Sync {
     /// The highest version stored (rows and tombstones), so the engine's clock never goes
     /// behind what is already written.
     async fn max_version(&self) -> Result<u64>;
+
+    /// The partitions that have Merkle digests stored.
+    async fn merkle_partitions(&self) -> Result<Vec<String>>;
+
+    /// The digests stored for `partition` (committed with the rows; empty if none).
+    async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest>;
+
+    /// Up to `limit` rows after `after`, in id order, with their payload re-hashed.
+    async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>>;
+
+    /// The row of `id`, if live.
+    async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>>;
 
     /// The largest payload the backend accepts in one row, if it has a limit.
     fn payload_limit(&self) -> Option<usize>;

@@ -30,6 +30,7 @@ use redis::{RedisError, Value};
 use tracing::{info, warn};
 
 use crate::item::{ContentType, SyncItem};
+use crate::merkle;
 use crate::search::SearchIndex;
 
 /// One change to apply to Redis.
@@ -37,6 +38,8 @@ pub(crate) enum CacheWrite<'a> {
     Put {
         item: &'a SyncItem,
         ttl: Option<Duration>,
+        /// Counted in the Merkle mirror: a durable item cached without TTL.
+        mirrored: bool,
     },
     /// The id must not be in Redis (deleted, or now routed past Redis).
     Remove { id: &'a str },
@@ -63,6 +66,8 @@ pub struct RedisTier {
     prefix: String,
     /// Key prefix of the state sets: `{prefix}\xffstate:`.
     sets: Vec<u8>,
+    /// Key prefix of the Merkle mirror hashes: `{prefix}\xffmerkle:`.
+    mirrors: Vec<u8>,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
     cooling_until: Mutex<Option<Instant>>,
     /// Whether the server has RedisJSON, learnt on the first connection.
@@ -85,10 +90,13 @@ impl RedisTier {
     pub fn new(url: &str, prefix: &str) -> Result<Self, RedisError> {
         let mut sets = prefix.as_bytes().to_vec();
         sets.extend_from_slice(b"\xffstate:");
+        let mut mirrors = prefix.as_bytes().to_vec();
+        mirrors.extend_from_slice(b"\xffmerkle:");
         Ok(RedisTier {
             client: redis::Client::open(url)?,
             prefix: prefix.to_string(),
             sets,
+            mirrors,
             connection: tokio::sync::Mutex::new(None),
             cooling_until: Mutex::new(None),
             json_module: Mutex::new(None),
@@ -245,26 +253,39 @@ impl RedisTier {
             .arg(1)
             .arg(self.key(write.id()))
             .arg(write.id())
-            .arg(&self.sets);
-        let (item, ttl) = match write {
+            .arg(&self.sets)
+            .arg(&self.mirrors);
+        let (item, ttl, mirrored) = match write {
             CacheWrite::Remove { .. } => {
-                command.arg("del").arg(0).arg("").ignore();
+                command.arg("del").arg("").arg(0).arg("").ignore();
                 return;
             }
-            CacheWrite::Put { item, ttl } => (item, ttl),
+            CacheWrite::Put {
+                item,
+                ttl,
+                mirrored,
+            } => (item, ttl, *mirrored),
         };
         let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+        let membership = if mirrored && ttl.is_none() {
+            let leaf = merkle::leaf(item.id(), item.content_hash());
+            format!("{:02x}{}{}", leaf[0], hex::encode(leaf), item.source())
+        } else {
+            String::new()
+        };
         match item
             .json_text()
             .filter(|text| use_json && redisjson_accepts(text))
         {
             Some(text) => command
                 .arg("json")
+                .arg(&membership)
                 .arg(ttl_ms)
                 .arg(item.state())
                 .arg(json_document(item, text)),
             None => command
                 .arg("hash")
+                .arg(&membership)
                 .arg(ttl_ms)
                 .arg(item.state())
                 .arg(item.content())
@@ -350,24 +371,30 @@ impl RedisTier {
 
     /// The cached ids in `state` (members whose key expired are dropped from the set).
     pub async fn state_members(&self, state: &str) -> Result<Vec<String>, RedisError> {
-        self.members(state, "read").await
-    }
-
-    /// Deletes every cached item in `state` and its set; returns their ids.
-    pub(crate) async fn remove_state(&self, state: &str) -> Result<Vec<String>, RedisError> {
-        self.members(state, "delete").await
-    }
-
-    async fn members(&self, state: &str, mode: &str) -> Result<Vec<String>, RedisError> {
         let mut connection = self.connection().await?;
         self.observe(
             self.members_script
                 .key(self.state_set_key(state))
                 .arg(&self.prefix)
-                .arg(mode)
                 .invoke_async(&mut connection)
                 .await,
         )
+    }
+
+    /// Deletes every cached item in `state` (through the write script, so the mirror
+    /// follows) and its set; returns their ids.
+    pub(crate) async fn remove_state(&self, state: &str) -> Result<Vec<String>, RedisError> {
+        let ids = self.state_members(state).await?;
+        let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
+        self.write_all(&[], &writes).await?;
+        let mut connection = self.connection().await?;
+        let _: () = self.observe(
+            redis::cmd("DEL")
+                .arg(self.state_set_key(state))
+                .query_async(&mut connection)
+                .await,
+        )?;
+        Ok(ids)
     }
 }
 

@@ -11,10 +11,11 @@ use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::sql_write::record_source_sql;
-use super::{prefix_upper_bound, Applied, DurableTier, Op};
+use super::sql_write::{record_source_sql, store_delta};
+use super::{prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed};
 use crate::error::{Result, SyncError};
-use crate::item::{ContentType, SyncItem, LOCAL_SOURCE};
+use crate::item::{content_hash, ContentType, SyncItem, LOCAL_SOURCE};
+use crate::merkle::{decode_hash, Bucket, Delta, PartitionDigest};
 
 pub(super) enum Pool {
     MySql(MySqlPool),
@@ -69,7 +70,7 @@ impl Dialect {
 }
 
 pub(super) const ITEM_COLUMNS: &str =
-    "id, payload, payload_blob, content_hash, state, version, redis_ttl_ms";
+    "id, payload, payload_blob, content_hash, state, version, redis_ttl_ms, source";
 
 /// Decodes a row selected with [`ITEM_COLUMNS`] (a macro: rows of both backends).
 macro_rules! item_from_row {
@@ -82,6 +83,7 @@ macro_rules! item_from_row {
             $row.try_get(4)?,
             $row.try_get(5)?,
             $row.try_get(6)?,
+            $row.try_get(7)?,
         )
     };
 }
@@ -188,32 +190,47 @@ impl SqlTier {
         Ok(count as u64)
     }
 
-    /// Tombstones then deletes every live row matching `filter` that is older than `version`;
-    /// returns the ids it deleted.
+    /// Tombstones then deletes every live row matching `filter` that is older than `version`
+    /// (moving the Merkle digests in the same transaction); returns the rows it deleted.
     async fn delete_where(
         &self,
         filter: &str,
         binds: &[Vec<u8>],
         version: u64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Removed>> {
         let version = version as i64;
+        let dialect = self.dialect;
         let select = format!(
-            "SELECT id FROM sync_items WHERE {filter} AND version < ?{}",
-            self.dialect.lock_clause()
+            "SELECT id, source, content_hash, redis_ttl_ms FROM sync_items WHERE {filter} AND version < ?{}",
+            dialect.lock_clause()
         );
         let tombstone = format!(
             "INSERT INTO sync_tombstones (id, source, version) \
              SELECT id, source, ? FROM sync_items WHERE {filter} AND version < ?{}",
-            self.dialect.tombstone_conflict()
+            dialect.tombstone_conflict()
         );
         let delete = format!("DELETE FROM sync_items WHERE {filter} AND version < ?");
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut query = sqlx::query_scalar::<_, Vec<u8>>(&select);
+            let mut query = sqlx::query(&select);
             for b in binds {
                 query = query.bind(b.as_slice());
             }
-            let ids = query.bind(version).fetch_all(&mut *tx).await?;
+            let mut removed = Vec::new();
+            for row in query.bind(version).fetch_all(&mut *tx).await? {
+                let id: Vec<u8> = row.try_get(0)?;
+                let source: Vec<u8> = row.try_get(1)?;
+                let ttl: Option<i64> = row.try_get(3)?;
+                removed.push(Removed {
+                    id: String::from_utf8(id)
+                        .map_err(|_| sqlx::Error::Decode("stored id is not UTF-8".into()))?,
+                    prior: Prior {
+                        source: String::from_utf8_lossy(&source).into_owned(),
+                        content_hash: row.try_get(2)?,
+                        redis_ttl_ms: ttl.map(|ms| ms.max(0) as u64),
+                    },
+                });
+            }
             let mut query = sqlx::query(&tombstone).bind(version);
             for b in binds {
                 query = query.bind(b.as_slice());
@@ -224,15 +241,51 @@ impl SqlTier {
                 query = query.bind(b.as_slice());
             }
             query.bind(version).execute(&mut *tx).await?;
-            sqlx::query(record_source_sql(self.dialect))
+            let mut delta = Delta::default();
+            for r in &removed {
+                delta.remove(&r.prior.source, &r.id, &r.prior.content_hash);
+            }
+            store_delta!(tx, dialect, delta);
+            sqlx::query(record_source_sql(dialect))
                 .bind(LOCAL_SOURCE.as_bytes())
                 .bind(version)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            ids.into_iter()
-                .map(|id| String::from_utf8(id).map_err(|_| sqlx::Error::Decode("stored id is not UTF-8".into()).into()))
-                .collect()
+            Ok(removed)
+        })
+    }
+
+    async fn leaf_rows(&self, filter: &str, bind: &[u8], limit: i64) -> Result<Vec<LeafRow>> {
+        let sql = format!(
+            "SELECT id, source, content_hash, payload, payload_blob, redis_ttl_ms FROM sync_items \
+             WHERE {filter} ORDER BY id LIMIT ?"
+        );
+        on_pool!(self, pool => {
+            let rows = sqlx::query(&sql).bind(bind).bind(limit).fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: Vec<u8> = row.try_get(0)?;
+                let source: Vec<u8> = row.try_get(1)?;
+                let hash: String = row.try_get(2)?;
+                let payload: Option<String> = row.try_get(3)?;
+                let blob: Option<Vec<u8>> = row.try_get(4)?;
+                let ttl: Option<i64> = row.try_get(5)?;
+                let bytes: &[u8] = match (&payload, &blob) {
+                    (Some(text), _) => text.as_bytes(),
+                    (None, Some(b)) => b,
+                    (None, None) => &[],
+                };
+                out.push(LeafRow {
+                    id: String::from_utf8(id)
+                        .map_err(|_| sqlx::Error::Decode("stored id is not UTF-8".into()))?,
+                    source: String::from_utf8_lossy(&source).into_owned(),
+                    payload_ok: content_hash(bytes) == hash,
+                    content_hash: hash,
+                    redis_ttl_ms: ttl.map(|ms| ms.max(0) as u64),
+                });
+            }
+            Ok(out)
         })
     }
 }
@@ -262,7 +315,7 @@ async fn migrate_mysql(pool: &MySqlPool) -> Result<()> {
     Ok(migrated?)
 }
 
-/// Turns the six columns of [`ITEM_COLUMNS`] into an item.
+/// Turns the columns of [`ITEM_COLUMNS`] into an item.
 pub(super) fn decode_item(
     id: Vec<u8>,
     payload: Option<String>,
@@ -271,6 +324,7 @@ pub(super) fn decode_item(
     state: Vec<u8>,
     version: i64,
     redis_ttl_ms: Option<i64>,
+    source: Vec<u8>,
 ) -> Result<SyncItem> {
     let text = |bytes: Vec<u8>, what: &str| {
         String::from_utf8(bytes).map_err(|_| {
@@ -292,7 +346,8 @@ pub(super) fn decode_item(
         text(state, "state")?,
         version as u64,
         redis_ttl_ms.map(|ms| ms.max(0) as u64),
-    ))
+    )
+    .with_source(text(source, "source")?.into()))
 }
 
 #[async_trait]
@@ -352,7 +407,7 @@ impl DurableTier for SqlTier {
         self.count_items(&filter, &binds).await
     }
 
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>> {
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<Removed>> {
         let (filter, binds) = Self::prefix_range(prefix);
         self.delete_where(&filter, &binds, version).await
     }
@@ -367,7 +422,7 @@ impl DurableTier for SqlTier {
             .await
     }
 
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>> {
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<Removed>> {
         self.delete_where("state = ?", &[state.as_bytes().to_vec()], version)
             .await
     }
@@ -422,6 +477,41 @@ impl DurableTier for SqlTier {
             sqlx::query_scalar("SELECT MAX(version) FROM sync_sources").fetch_one(pool).await?
         });
         Ok(max.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn merkle_partitions(&self) -> Result<Vec<String>> {
+        let sql = "SELECT DISTINCT source FROM sync_merkle_buckets ORDER BY source";
+        let rows: Vec<Vec<u8>> = on_pool!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .collect())
+    }
+
+    async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
+        let sql = "SELECT bucket, item_count, digest FROM sync_merkle_buckets WHERE source = ?";
+        let mut digest = PartitionDigest::default();
+        on_pool!(self, pool => {
+            for row in sqlx::query(sql).bind(partition.as_bytes()).fetch_all(pool).await? {
+                let bucket: i64 = row.try_get(0)?;
+                let count: i64 = row.try_get(1)?;
+                let text: String = row.try_get(2)?;
+                let hash = decode_hash(&text).ok_or_else(|| {
+                    sqlx::Error::Decode("sync_merkle_buckets.digest is not 64 hex digits".into())
+                })?;
+                digest.set_bucket(bucket as u8, Bucket { count: count.max(0) as u64, digest: hash });
+            }
+        });
+        Ok(digest)
+    }
+
+    async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
+        self.leaf_rows("id > ?", after.unwrap_or("").as_bytes(), limit as i64)
+            .await
+    }
+
+    async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
+        Ok(self.leaf_rows("id = ?", id.as_bytes(), 1).await?.pop())
     }
 
     fn payload_limit(&self) -> Option<usize> {

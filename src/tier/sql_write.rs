@@ -4,8 +4,9 @@
 //! 1. read (and on MySQL lock) the stored version of every id in the batch, live or tombstone;
 //! 2. keep the ops that are newer (the rest are replays: they change nothing);
 //! 3. upsert the puts (chunked by rows and bytes), delete + tombstone the deletes;
-//! 4. record the highest version per source;
-//! 5. commit.
+//! 4. move the Merkle digests of the touched partitions (`merkle_delta`), under row locks;
+//! 5. record the highest version per source;
+//! 6. commit.
 //!
 //! The upserts carry the version guard themselves as well, so even a writer that bypassed the
 //! locks could never move a row backwards.
@@ -15,17 +16,18 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use super::sql::{item_from_row, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
-use super::{Applied, Op};
+use super::{merkle_delta, Applied, Op, Prior};
 use crate::error::Result;
 use crate::item::SyncItem;
+use crate::merkle::{Bucket, Delta};
 
 /// Rows per multi-row statement: 8 binds each stays far below both backends' bind limits, and
 /// a full chunk always has the same text, so its prepared statement is reused.
-const ROWS_PER_STATEMENT: usize = 500;
+pub(super) const ROWS_PER_STATEMENT: usize = 500;
 /// Ids per `IN (…)` list.
 const IDS_PER_STATEMENT: usize = 1000;
 
-fn marks(n: usize) -> String {
+pub(super) fn marks(n: usize) -> String {
     let mut s = String::with_capacity(n * 2);
     for i in 0..n {
         s.push_str(if i == 0 { "?" } else { ",?" });
@@ -124,6 +126,89 @@ fn chunk_by_bytes<'a>(puts: &[&'a SyncItem], max_bytes: usize) -> Vec<Vec<&'a Sy
     chunks
 }
 
+pub(super) fn upsert_buckets_sql(dialect: Dialect, n: usize) -> String {
+    let head = format!(
+        "INSERT INTO sync_merkle_buckets (source, bucket, item_count, digest) VALUES {}",
+        rows(n, "(?,?,?,?)")
+    );
+    match dialect {
+        Dialect::MySql => format!(
+            "{head} ON DUPLICATE KEY UPDATE item_count = VALUES(item_count), digest = VALUES(digest)"
+        ),
+        Dialect::Sqlite => format!(
+            "{head} ON CONFLICT(source, bucket) DO UPDATE SET item_count = excluded.item_count, \
+             digest = excluded.digest"
+        ),
+    }
+}
+
+/// The stored buckets `delta` touches, moved by it: `(partition, bucket, new value)`.
+pub(super) fn moved_buckets(
+    delta: &Delta,
+    stored: &HashMap<(String, u8), Bucket>,
+) -> Vec<(String, u8, Bucket)> {
+    delta
+        .changes()
+        .filter(|(_, _, count, xor)| *count != 0 || xor.iter().any(|b| *b != 0))
+        .map(|(p, b, count, xor)| {
+            let before = stored.get(&(p.to_string(), b)).copied().unwrap_or_default();
+            (p.to_string(), b, Delta::apply_to(before, count, xor))
+        })
+        .collect()
+}
+
+/// Reads (locking, on MySQL) the buckets of the partitions `$delta` touches, moves them and
+/// writes them back, inside the open transaction `$tx`.
+macro_rules! store_delta {
+    ($tx:ident, $dialect:expr, $delta:expr) => {{
+        let delta: crate::merkle::Delta = $delta;
+        if !delta.is_empty() {
+            let partitions = delta.partitions();
+            let mut stored: std::collections::HashMap<(String, u8), crate::merkle::Bucket> =
+                std::collections::HashMap::new();
+            for chunk in partitions.chunks(100) {
+                let sql = format!(
+                    "SELECT source, bucket, item_count, digest FROM sync_merkle_buckets \
+                     WHERE source IN ({}){}",
+                    crate::tier::sql_write::marks(chunk.len()),
+                    $dialect.lock_clause()
+                );
+                let mut query = sqlx::query(&sql);
+                for p in chunk {
+                    query = query.bind(p.as_bytes());
+                }
+                for row in query.fetch_all(&mut *$tx).await? {
+                    let source: Vec<u8> = row.try_get(0)?;
+                    let bucket: i64 = row.try_get(1)?;
+                    let count: i64 = row.try_get(2)?;
+                    let digest: String = row.try_get(3)?;
+                    let digest = crate::merkle::decode_hash(&digest).ok_or_else(|| {
+                        sqlx::Error::Decode("sync_merkle_buckets.digest is not 64 hex digits".into())
+                    })?;
+                    stored.insert(
+                        (String::from_utf8_lossy(&source).into_owned(), bucket as u8),
+                        crate::merkle::Bucket { count: count.max(0) as u64, digest },
+                    );
+                }
+            }
+            let moved = crate::tier::sql_write::moved_buckets(&delta, &stored);
+            for chunk in moved.chunks(crate::tier::sql_write::ROWS_PER_STATEMENT) {
+                let sql = crate::tier::sql_write::upsert_buckets_sql($dialect, chunk.len());
+                let mut query = sqlx::query(&sql);
+                for (p, b, bucket) in chunk {
+                    query = query
+                        .bind(p.as_bytes())
+                        .bind(*b as i16)
+                        .bind(bucket.count as i64)
+                        .bind(hex::encode(bucket.digest));
+                }
+                query.execute(&mut *$tx).await?;
+            }
+        }
+    }};
+}
+pub(super) use store_delta;
+
 pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
     if ops.is_empty() {
         return Ok(Vec::new());
@@ -136,29 +221,43 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
         // 1. what is stored now
         let mut stored: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut tombstoned: HashSet<Vec<u8>> = HashSet::new();
-        let mut live: HashSet<Vec<u8>> = HashSet::new();
-        for table in ["sync_items", "sync_tombstones"] {
-            for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                let sql = format!(
-                    "SELECT id, version FROM {table} WHERE id IN ({}){}",
-                    marks(chunk.len()),
-                    dialect.lock_clause()
-                );
-                let mut query = sqlx::query(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                for row in query.fetch_all(&mut *tx).await? {
-                    let id: Vec<u8> = row.try_get(0)?;
-                    let version: i64 = row.try_get(1)?;
-                    if table == "sync_tombstones" {
-                        tombstoned.insert(id.clone());
-                    } else {
-                        live.insert(id.clone());
-                    }
-                    let v = stored.entry(id).or_insert(version);
-                    *v = (*v).max(version);
-                }
+        let mut live: HashMap<Vec<u8>, Prior> = HashMap::new();
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, version, source, content_hash, redis_ttl_ms FROM sync_items WHERE id IN ({}){}",
+                marks(chunk.len()),
+                dialect.lock_clause()
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let id: Vec<u8> = row.try_get(0)?;
+                stored.insert(id.clone(), row.try_get(1)?);
+                let source: Vec<u8> = row.try_get(2)?;
+                let ttl: Option<i64> = row.try_get(4)?;
+                live.insert(id, Prior {
+                    source: String::from_utf8_lossy(&source).into_owned(),
+                    content_hash: row.try_get(3)?,
+                    redis_ttl_ms: ttl.map(|ms| ms.max(0) as u64),
+                });
+            }
+            let sql = format!(
+                "SELECT id, version FROM sync_tombstones WHERE id IN ({}){}",
+                marks(chunk.len()),
+                dialect.lock_clause()
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                let id: Vec<u8> = row.try_get(0)?;
+                let version: i64 = row.try_get(1)?;
+                tombstoned.insert(id.clone());
+                let v = stored.entry(id).or_insert(version);
+                *v = (*v).max(version);
             }
         }
 
@@ -167,7 +266,7 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
             .iter()
             .map(|op| Applied {
                 applied: stored.get(op.id().as_bytes()).is_none_or(|&v| op.version() as i64 > v),
-                was_live: live.contains(op.id().as_bytes()),
+                prior: live.get(op.id().as_bytes()).cloned(),
             })
             .collect();
         let mut puts: Vec<&SyncItem> = Vec::new();
@@ -241,7 +340,10 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
             query.execute(&mut *tx).await?;
         }
 
-        // 4. progress per source
+        // 4. Merkle digests
+        store_delta!(tx, dialect, merkle_delta(ops, &applied));
+
+        // 5. progress per source
         for (source, version) in sources {
             sqlx::query(record_source_sql(dialect))
                 .bind(source.as_bytes())
