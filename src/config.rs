@@ -30,6 +30,10 @@ pub struct SyncEngineConfig {
     /// Keep a cuckoo filter of the ids in SQL so reads of absent ids skip SQL. It learns of
     /// this engine's writes only: turn it off when several engines write one SQL table.
     pub l3_filter: bool,
+    /// Maintain the Merkle state roots (`sync_merkle_buckets`, schemas/MERKLE.md) in every
+    /// batch's transaction. Off only to measure what they cost: roots, checkpoints and
+    /// `verify` are then meaningless.
+    pub merkle: bool,
     /// `memory_pressure()` at or above this is `BackpressureLevel::Warn`.
     pub backpressure_warn: f64,
     /// Pending (not yet durable) bytes may use this share of `l1_max_bytes`; past it,
@@ -49,6 +53,7 @@ impl Default for SyncEngineConfig {
             batch_flush_count: 1000,
             batch_flush_bytes: 1024 * 1024,
             l3_filter: true,
+            merkle: true,
             backpressure_warn: 0.7,
             backpressure_critical: 0.9,
         }

@@ -147,8 +147,12 @@ impl SyncEngine {
         let tier: Arc<dyn DurableTier> = match (&self.tier, &self.config.sql_url) {
             (Some(tier), _) => tier.clone(),
             (None, Some(url)) => {
-                let sql = SqlTier::connect(url).await?;
+                let mut sql = SqlTier::connect(url).await?;
                 info!(backend = sql.backend(), "L3 connected, migrations applied");
+                if !self.config.merkle {
+                    warn!("merkle = false: state roots are not maintained");
+                    sql = sql.without_merkle();
+                }
                 Arc::new(sql)
             }
             (None, None) => {

@@ -94,6 +94,8 @@ pub struct SqlTier {
     pub(super) dialect: Dialect,
     /// Bytes one statement may carry (MySQL: below `max_allowed_packet`).
     pub(super) max_statement_bytes: usize,
+    /// Whether batches move the Merkle digests.
+    pub(super) merkle: bool,
 }
 
 impl SqlTier {
@@ -115,6 +117,7 @@ impl SqlTier {
                 dialect: Dialect::MySql,
                 // leave room for the statement text and protocol framing
                 max_statement_bytes: (packet as usize).saturating_sub(64 * 1024).max(64 * 1024),
+                merkle: true,
             }
         } else if url.starts_with("sqlite:") {
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -134,6 +137,7 @@ impl SqlTier {
                 pool: Pool::Sqlite(pool),
                 dialect: Dialect::Sqlite,
                 max_statement_bytes: 16 * 1024 * 1024,
+                merkle: true,
             }
         } else {
             return Err(SyncError::Config(format!(
@@ -144,6 +148,12 @@ impl SqlTier {
     }
 
     /// Which backend this is, for logs.
+    /// Stops maintaining the Merkle digests (to measure their cost).
+    pub fn without_merkle(mut self) -> Self {
+        self.merkle = false;
+        self
+    }
+
     pub fn backend(&self) -> &'static str {
         match self.dialect {
             Dialect::MySql => "mysql",
@@ -245,7 +255,9 @@ impl SqlTier {
             for r in &removed {
                 delta.remove(&r.prior.source, &r.id, &r.prior.content_hash);
             }
-            store_delta!(tx, dialect, delta);
+            if self.merkle {
+                store_delta!(tx, dialect, delta);
+            }
             sqlx::query(record_source_sql(dialect))
                 .bind(LOCAL_SOURCE.as_bytes())
                 .bind(version)

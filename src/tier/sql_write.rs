@@ -341,7 +341,9 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
         }
 
         // 4. Merkle digests
-        store_delta!(tx, dialect, merkle_delta(ops, &applied));
+        if tier.merkle {
+            store_delta!(tx, dialect, merkle_delta(ops, &applied));
+        }
 
         // 5. progress per source
         for (source, version) in sources {
