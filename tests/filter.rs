@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sync_engine::search::Query;
 use sync_engine::tier::memory::MemoryTier;
-use sync_engine::tier::{Applied, DurableTier, Op};
+use sync_engine::merkle::PartitionDigest;
+use sync_engine::tier::{Applied, DurableTier, LeafRow, Op, Removed};
 use sync_engine::{Result, SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
 
@@ -46,7 +47,7 @@ impl DurableTier for Counting {
     async fn count_prefix(&self, prefix: &str) -> Result<u64> {
         self.inner.count_prefix(prefix).await
     }
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<String>> {
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<Removed>> {
         self.inner.delete_prefix(prefix, version).await
     }
     async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>> {
@@ -55,7 +56,7 @@ impl DurableTier for Counting {
     async fn count_by_state(&self, state: &str) -> Result<u64> {
         self.inner.count_by_state(state).await
     }
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<String>> {
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<Removed>> {
         self.inner.delete_by_state(state, version).await
     }
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
@@ -66,6 +67,18 @@ impl DurableTier for Counting {
     }
     async fn max_version(&self) -> Result<u64> {
         self.inner.max_version().await
+    }
+    async fn merkle_partitions(&self) -> Result<Vec<String>> {
+        self.inner.merkle_partitions().await
+    }
+    async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
+        self.inner.merkle_digest(partition).await
+    }
+    async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
+        self.inner.leaves_after(after, limit).await
+    }
+    async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
+        self.inner.leaf_row(id).await
     }
     fn payload_limit(&self) -> Option<usize> {
         None

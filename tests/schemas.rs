@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use jsonschema::Validator;
 use serde_json::{json, Value};
 use sync_engine::item::content_hash;
-use sync_engine::sidecar::events::{Confirmation, ConfirmedItem, Op, DLQ_HEADERS};
+use sync_engine::merkle::ALGORITHM;
+use sync_engine::sidecar::events::{Checkpoint, Confirmation, ConfirmedItem, Op, DLQ_HEADERS};
 use sync_engine::sidecar::record::DlqCode::{self, *};
 use sync_engine::sidecar::record::{decode, RawRecord};
 
@@ -129,6 +130,8 @@ fn confirmation(items: Vec<ConfirmedItem>) -> Confirmation {
         first_offset: items.first().unwrap().offset,
         last_offset: items.last().unwrap().offset,
         items,
+        state_root: "ab".repeat(32),
+        item_count: 7,
     }
 }
 
@@ -147,8 +150,39 @@ fn every_schema_is_valid_draft_2020_12() {
         "confirmation.schema.json",
         "input-record.schema.json",
         "dlq-record.schema.json",
+        "checkpoint.schema.json",
     ] {
         validator(file);
+    }
+}
+
+#[test]
+fn checkpoints_as_serialized_by_the_code_are_valid() {
+    let validator = validator("checkpoint.schema.json");
+    let checkpoint = Checkpoint {
+        kind: Checkpoint::KIND.to_string(),
+        source_topic: "orders".into(),
+        partition: 3,
+        offset: 41,
+        state_root: "0f".repeat(32),
+        item_count: 12,
+        algorithm: ALGORITHM.to_string(),
+    };
+    assert_eq!(checkpoint.key(), "orders:3");
+    assert_eq!(checkpoint.source(), "orders/3");
+    let value = serde_json::to_value(&checkpoint).unwrap();
+    assert_valid(&validator, &value);
+    for (what, mutate) in [
+        ("other algorithm", json!({"algorithm": "v0"})),
+        ("uppercase root", json!({"state_root": "0F".repeat(32)})),
+        ("negative offset", json!({"offset": -1})),
+        ("confirmation type", json!({"type": "confirmation"})),
+    ] {
+        let mut bad = value.clone();
+        for (k, v) in mutate.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        assert!(!validator.is_valid(&bad), "{what} should be invalid");
     }
 }
 
@@ -199,7 +233,11 @@ fn malformed_confirmations_are_invalid() {
         ("short hash", |v| {
             v["items"][0]["content_hash"] = json!("ab".repeat(31));
         }),
-        ("extra top-level field", |v| v["state_root"] = json!("00")),
+        ("extra top-level field", |v| v["version"] = json!(1)),
+        ("short state root", |v| v["state_root"] = json!("00")),
+        ("no item count", |v| {
+            v.as_object_mut().unwrap().remove("item_count");
+        }),
         ("extra item field", |v| v["items"][0]["version"] = json!(2)),
         ("dlq without error_code", |v| {
             v["items"][2].as_object_mut().unwrap().remove("error_code");

@@ -35,6 +35,10 @@ pub struct KafkaConfig {
     pub input_topic: String,
     pub output_topic: String,
     pub dlq_topic: String,
+    /// A checkpoint event per partition after this many confirmations of it…
+    pub checkpoint_every_batches: u32,
+    /// …or when its last one is this old (and at shutdown and revocation).
+    pub checkpoint_interval_ms: u64,
     /// librdkafka consumer properties (SASL/SSL, tuning), applied last.
     pub consumer: BTreeMap<String, String>,
     /// librdkafka producer properties, applied last.
@@ -49,6 +53,8 @@ impl Default for KafkaConfig {
             input_topic: "sync.submit".into(),
             output_topic: "sync.confirm".into(),
             dlq_topic: "sync.dlq".into(),
+            checkpoint_every_batches: 10,
+            checkpoint_interval_ms: 10_000,
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }

@@ -39,6 +39,10 @@ pub struct Confirmation {
     pub first_offset: i64,
     pub last_offset: i64,
     pub items: Vec<ConfirmedItem>,
+    /// The partition's Merkle state root once these items are committed (hex).
+    pub state_root: String,
+    /// How many items the partition holds then.
+    pub item_count: u64,
 }
 
 impl Confirmation {
@@ -47,6 +51,34 @@ impl Confirmation {
     /// The record key: `<topic>:<partition>`, so one partition's confirmations stay ordered.
     pub fn key(&self) -> String {
         format!("{}:{}", self.source_topic, self.partition)
+    }
+}
+
+/// A partition's committed state at one offset: anyone can recompute `state_root` from SQL
+/// (schemas/MERKLE.md) and compare. Same key as the partition's confirmations.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Checkpoint {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source_topic: String,
+    pub partition: i32,
+    /// The last source offset the state includes (the committed consumer offset is one more).
+    pub offset: i64,
+    pub state_root: String,
+    pub item_count: u64,
+    pub algorithm: String,
+}
+
+impl Checkpoint {
+    pub const KIND: &'static str = "checkpoint";
+
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.source_topic, self.partition)
+    }
+
+    /// The engine's name of the partition (the `source` column): `<topic>/<partition>`.
+    pub fn source(&self) -> String {
+        format!("{}/{}", self.source_topic, self.partition)
     }
 }
 

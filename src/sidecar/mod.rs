@@ -37,7 +37,7 @@ use tracing::{error, info, warn};
 use crate::engine::SyncEngine;
 use crate::error::{Result, SyncError};
 use config::PipelineConfig;
-use events::{Confirmation, ConfirmedItem, Op};
+use events::{Checkpoint, Confirmation, ConfirmedItem, Op};
 use record::{RawRecord, Rejection, Write};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,6 +53,7 @@ pub struct Summary {
     pub written: u64,
     pub dlq: u64,
     pub confirmations: u64,
+    pub checkpoints: u64,
 }
 
 /// Runs the sidecar until `stop` becomes true, then drains: everything consumed is made
@@ -73,6 +74,7 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
         stalled: false,
         paused: false,
         dlq_deliveries: Vec::new(),
+        checkpoints: BTreeMap::new(),
         summary: Summary::default(),
     }));
     let consumer_pipeline = pipeline.clone();
@@ -166,6 +168,10 @@ fn consume(
         }
         warn!("SQL is not taking the last records yet; still draining");
     }
+    pipeline
+        .lock()
+        .expect("pipeline lock")
+        .publish_checkpoints(true)?;
     consumer.unsubscribe();
     Ok(())
 }
@@ -185,7 +191,10 @@ impl ConsumerContext for Revocations {
                 "partitions revoked: checkpointing first"
             );
             let mut pipeline = self.pipeline.lock().expect("pipeline lock");
-            if let Err(e) = pipeline.checkpoint(consumer) {
+            if let Err(e) = pipeline
+                .checkpoint(consumer)
+                .and_then(|()| pipeline.publish_checkpoints(true))
+            {
                 // not committed: the next owner replays them (no loss, only duplicates)
                 error!(error = %e, "checkpoint before revocation failed");
             }
@@ -210,7 +219,16 @@ struct Pipeline {
     paused: bool,
     /// DLQ records sent but not yet acknowledged; awaited before the next commit.
     dlq_deliveries: Vec<DeliveryFuture>,
+    /// Per partition, the state confirmed since its last checkpoint event.
+    checkpoints: BTreeMap<(String, i32), Unpublished>,
     summary: Summary,
+}
+
+/// A partition's newest confirmed state that no checkpoint event carries yet.
+struct Unpublished {
+    checkpoint: Checkpoint,
+    batches: u32,
+    since: Instant,
 }
 
 impl Pipeline {
@@ -374,6 +392,40 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Sends the checkpoint events that are due (all of them with `all`), delivery awaited.
+    fn publish_checkpoints(&mut self, all: bool) -> Result<()> {
+        let every = self.config.kafka.checkpoint_every_batches.max(1);
+        let interval = Duration::from_millis(self.config.kafka.checkpoint_interval_ms);
+        let due: Vec<(String, i32)> = self
+            .checkpoints
+            .iter()
+            .filter(|(_, u)| all || u.batches >= every || u.since.elapsed() >= interval)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut deliveries = Vec::with_capacity(due.len());
+        for key in &due {
+            let checkpoint = &self.checkpoints[key].checkpoint;
+            let body = serde_json::to_vec(checkpoint).expect("a checkpoint serializes");
+            let record_key = checkpoint.key();
+            let record = FutureRecord::to(&self.config.kafka.output_topic)
+                .key(&record_key)
+                .payload(&body);
+            deliveries.push(
+                self.producer
+                    .send_result(record)
+                    .map_err(|(e, _)| SyncError::Kafka(e))?,
+            );
+        }
+        for delivery in deliveries {
+            wait_delivery(&self.handle, delivery)?;
+            self.summary.checkpoints += 1;
+        }
+        for key in due {
+            self.checkpoints.remove(&key);
+        }
+        Ok(())
+    }
+
     fn checkpoint_due(&self) -> bool {
         let count: usize = self.pending.values().map(Vec::len).sum();
         let age = Duration::from_millis(self.config.engine.batch_flush_ms);
@@ -404,6 +456,11 @@ impl Pipeline {
         let mut offsets = TopicPartitionList::new();
         let mut confirmations = Vec::with_capacity(self.pending.len());
         for ((topic, partition), items) in &self.pending {
+            // nothing else writes this partition while we own it: this is the root after
+            // exactly these items
+            let root = self
+                .handle
+                .block_on(self.engine.merkle_root(&format!("{topic}/{partition}")))?;
             let confirmation = Confirmation {
                 kind: Confirmation::KIND,
                 source_topic: topic.clone(),
@@ -411,7 +468,29 @@ impl Pipeline {
                 first_offset: items.first().map_or(0, |i| i.offset),
                 last_offset: items.last().map_or(0, |i| i.offset),
                 items: items.clone(),
+                state_root: root.root.clone(),
+                item_count: root.item_count,
             };
+            let unpublished = self
+                .checkpoints
+                .entry((topic.clone(), *partition))
+                .or_insert_with(|| Unpublished {
+                    checkpoint: Checkpoint {
+                        kind: Checkpoint::KIND.to_string(),
+                        source_topic: topic.clone(),
+                        partition: *partition,
+                        offset: 0,
+                        state_root: String::new(),
+                        item_count: 0,
+                        algorithm: crate::merkle::ALGORITHM.to_string(),
+                    },
+                    batches: 0,
+                    since: Instant::now(),
+                });
+            unpublished.checkpoint.offset = confirmation.last_offset;
+            unpublished.checkpoint.state_root = root.root;
+            unpublished.checkpoint.item_count = root.item_count;
+            unpublished.batches += 1;
             let body = serde_json::to_vec(&confirmation).expect("a confirmation serializes");
             let key = confirmation.key();
             let record = FutureRecord::to(&self.config.kafka.output_topic)
@@ -432,6 +511,7 @@ impl Pipeline {
             wait_delivery(&self.handle, delivery)?;
             self.summary.confirmations += 1;
         }
+        self.publish_checkpoints(false)?;
         consumer.commit(&offsets, CommitMode::Sync)?;
         self.pending.clear();
         self.pending_since = None;
