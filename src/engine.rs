@@ -22,6 +22,7 @@ use crate::filter::L3Filter;
 use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
 use crate::merkle::{Proof, StateRoot};
+use crate::verify::{RepairSummary, VerifyReport};
 use crate::options::SubmitOptions;
 use crate::search::{Query, SearchIndex};
 use crate::tier::memory::MemoryTier;
@@ -609,6 +610,26 @@ impl SyncEngine {
             id,
             members.iter().map(|(i, h)| (i.as_str(), h.as_str())),
         ))
+    }
+
+    /// The highest version SQL holds from `source` (the sidecar's: last offset + 1).
+    pub async fn source_version(&self, source: &str) -> Result<Option<u64>> {
+        self.tier()?.source_version(source).await
+    }
+
+    /// Recomputes every partition's root from the SQL rows and compares it with the stored
+    /// digests and with Redis (each row probed, the mirror compared, keys SQL lacks found by
+    /// SCAN); `progress` is called with the rows read so far. Flush first for a quiet view:
+    /// writes racing with it can show up as divergences.
+    pub async fn verify(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+        crate::verify::verify(&**self.tier()?, self.redis.as_deref(), progress).await
+    }
+
+    /// Makes Redis equal SQL for every id `report` names, resets the Redis mirror, and
+    /// re-anchors the stored digests of partitions whose rows changed outside the engine.
+    /// Rows whose payload no longer matches their hash are left for an operator.
+    pub async fn repair(&self, report: &VerifyReport) -> Result<RepairSummary> {
+        crate::verify::repair(&**self.tier()?, self.redis.as_deref(), report).await
     }
 
     /// Cached plus pending bytes over `l1_max_bytes` (0.0 = empty).

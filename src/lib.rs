@@ -35,6 +35,7 @@ pub mod options;
 pub mod search;
 pub mod sidecar;
 pub mod tier;
+pub mod verify;
 mod writer;
 
 pub use config::SyncEngineConfig;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod audit;
 mod dev;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -55,6 +56,33 @@ enum Command {
         /// Use this Redis as L2 (e.g. redis://127.0.0.1:6379).
         #[arg(long)]
         redis_url: Option<String>,
+    },
+    /// Recompute every partition's Merkle root from SQL and compare it with the stored
+    /// digests, Redis and the newest checkpoint. Exit 0 when all agree, 2 on divergence.
+    Verify {
+        /// Pipeline file, as for `run`.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Rewrite Redis from SQL for the divergent ids, then verify again.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a JSON inclusion proof of an item in its partition's state root.
+    Prove {
+        #[arg(long)]
+        pipeline: PathBuf,
+        id: String,
+    },
+    /// Check a proof printed by `prove` (from a file or stdin); exit 1 when it fails.
+    CheckProof {
+        /// The proof's file (default: stdin).
+        file: Option<PathBuf>,
+        /// Also require this root (e.g. a checkpoint's state_root).
+        #[arg(long)]
+        root: Option<String>,
     },
     /// Write a sample workload to SQLite (or `sql_url` from the config), restart, verify it.
     Demo {
@@ -130,7 +158,23 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Demo { config, db, items } => demo(config, db, items).await,
+        Command::Verify {
+            pipeline,
+            repair,
+            json,
+        } => exit_with(audit::verify(&pipeline, repair, json).await?),
+        Command::Prove { pipeline, id } => exit_with(audit::prove(&pipeline, &id).await?),
+        Command::CheckProof { file, root } => {
+            exit_with(audit::check_proof(file.as_ref(), root.as_deref())?)
+        }
     }
+}
+
+fn exit_with(code: i32) -> anyhow::Result<()> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 async fn run(pipeline: PathBuf) -> anyhow::Result<()> {

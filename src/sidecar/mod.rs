@@ -15,6 +15,7 @@
 //! they are released. The consumer runs on its own thread (librdkafka's callbacks are
 //! synchronous) and drives the async engine through a runtime handle.
 
+pub mod checkpoints;
 pub mod config;
 pub mod events;
 pub mod record;

@@ -247,6 +247,26 @@ impl DurableTier for MemoryTier {
         Ok(self.lock().digests.get(partition).cloned().unwrap_or_default())
     }
 
+    async fn replace_merkle_digest(
+        &self,
+        partition: &str,
+        digest: &PartitionDigest,
+    ) -> Result<()> {
+        self.lock()
+            .digests
+            .insert(partition.to_string(), digest.clone());
+        Ok(())
+    }
+
+    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
+        let t = self.lock();
+        Ok(t.items
+            .values()
+            .filter(|i| &**i.source() == source)
+            .map(|i| i.version())
+            .max())
+    }
+
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
         use std::ops::Bound::{Excluded, Unbounded};
         let t = self.lock();

@@ -157,6 +157,13 @@ pub trait DurableTier: Send + Sync {
     /// The digests stored for `partition` (committed with the rows; empty if none).
     async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest>;
 
+    /// Overwrites the stored digests of `partition` (repair: make them describe the rows).
+    async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest)
+        -> Result<()>;
+
+    /// The highest version written by `source` (for the sidecar: last offset + 1).
+    async fn source_version(&self, source: &str) -> Result<Option<u64>>;
+
     /// Up to `limit` rows after `after`, in id order, with their payload re-hashed.
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>>;
 

@@ -517,6 +517,44 @@ impl DurableTier for SqlTier {
         Ok(digest)
     }
 
+    async fn replace_merkle_digest(
+        &self,
+        partition: &str,
+        digest: &PartitionDigest,
+    ) -> Result<()> {
+        let buckets: Vec<(u8, Bucket)> = digest.non_empty().collect();
+        let dialect = self.dialect;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM sync_merkle_buckets WHERE source = ?")
+                .bind(partition.as_bytes())
+                .execute(&mut *tx)
+                .await?;
+            for chunk in buckets.chunks(super::sql_write::ROWS_PER_STATEMENT) {
+                let sql = super::sql_write::upsert_buckets_sql(dialect, chunk.len());
+                let mut query = sqlx::query(&sql);
+                for (b, bucket) in chunk {
+                    query = query
+                        .bind(partition.as_bytes())
+                        .bind(*b as i16)
+                        .bind(bucket.count as i64)
+                        .bind(hex::encode(bucket.digest));
+                }
+                query.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
+        let sql = "SELECT version FROM sync_sources WHERE source = ?";
+        let version: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(source.as_bytes()).fetch_optional(pool).await?
+        });
+        Ok(version.map(|v| v.max(0) as u64))
+    }
+
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
         self.leaf_rows("id > ?", after.unwrap_or("").as_bytes(), limit as i64)
             .await
