@@ -144,16 +144,44 @@ impl SqlTier {
                 "sql_url must start with mysql://, mariadb:// or sqlite: (got {url:?})"
             )));
         };
+        tier.backfill_digests().await?;
         Ok(tier)
     }
 
-    /// Which backend this is, for logs.
+    /// A database written before the Merkle digests existed has rows and no digests: compute
+    /// them once from the rows. (Writers running meanwhile on an old version would make them
+    /// stale; `sync-engine verify --repair` re-anchors them.)
+    async fn backfill_digests(&self) -> Result<()> {
+        let has_digests: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT 1 FROM sync_merkle_buckets LIMIT 1").fetch_optional(pool).await?
+        });
+        if has_digests.is_some() || self.ids_after(None, 1).await?.is_empty() {
+            return Ok(());
+        }
+        tracing::info!("sync_merkle_buckets is empty but sync_items is not: computing the digests");
+        let mut digests: std::collections::BTreeMap<String, PartitionDigest> = Default::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.leaves_after(after.as_deref(), 10_000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for row in page {
+                digests.entry(row.source).or_default().add(&row.id, &row.content_hash);
+            }
+        }
+        for (partition, digest) in &digests {
+            self.replace_merkle_digest(partition, digest).await?;
+        }
+        Ok(())
+    }
+
     /// Stops maintaining the Merkle digests (to measure their cost).
     pub fn without_merkle(mut self) -> Self {
         self.merkle = false;
         self
     }
 
+    /// Which backend this is, for logs.
     pub fn backend(&self) -> &'static str {
         match self.dialect {
             Dialect::MySql => "mysql",
