@@ -148,11 +148,7 @@ fn print(report: &VerifyReport, checks: &[CheckpointCheck], json: bool) -> anyho
         }
         println!(
             "{:<24} DIVERGENT   rows {} ({} items), stored digests {} ({} items){checkpoint}",
-            p.partition,
-            p.computed.root,
-            p.computed.item_count,
-            p.stored.root,
-            p.stored.item_count
+            p.partition, p.computed.root, p.computed.item_count, p.stored.root, p.stored.item_count
         );
         if !p.stored_buckets_diverging.is_empty() {
             println!(
@@ -160,7 +156,11 @@ fn print(report: &VerifyReport, checks: &[CheckpointCheck], json: bool) -> anyho
                 p.stored_buckets_diverging
             );
         }
-        if let Some(buckets) = p.mirror_buckets_diverging.as_ref().filter(|b| !b.is_empty()) {
+        if let Some(buckets) = p
+            .mirror_buckets_diverging
+            .as_ref()
+            .filter(|b| !b.is_empty())
+        {
             println!("    Redis mirror differs in buckets {buckets:?}");
         }
     }
@@ -175,7 +175,11 @@ fn print(report: &VerifyReport, checks: &[CheckpointCheck], json: bool) -> anyho
     }
     println!(
         "{}: {} partitions, {} rows, {} Redis keys scanned, {} divergent ids",
-        if is_ok(report, checks) { "OK" } else { "DIVERGENT" },
+        if is_ok(report, checks) {
+            "OK"
+        } else {
+            "DIVERGENT"
+        },
         report.partitions.len(),
         report.rows,
         report

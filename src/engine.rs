@@ -22,13 +22,13 @@ use crate::filter::L3Filter;
 use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
 use crate::merkle::{Proof, StateRoot};
-use crate::verify::{RepairSummary, VerifyReport};
 use crate::options::SubmitOptions;
 use crate::search::{Query, SearchIndex};
 use crate::tier::memory::MemoryTier;
 use crate::tier::redis::RedisTier;
 use crate::tier::sql::SqlTier;
 use crate::tier::{DurableTier, Op};
+use crate::verify::{RepairSummary, VerifyReport};
 use crate::writer::{Command, Range, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -579,7 +579,10 @@ impl SyncEngine {
         let tier = self.tier()?;
         let mut roots = Vec::new();
         for partition in tier.merkle_partitions().await? {
-            roots.push(StateRoot::of(&partition, &tier.merkle_digest(&partition).await?));
+            roots.push(StateRoot::of(
+                &partition,
+                &tier.merkle_digest(&partition).await?,
+            ));
         }
         Ok(roots)
     }

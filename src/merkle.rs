@@ -268,7 +268,11 @@ impl Proof {
         }
         let content_hash = found?;
         let bucket = leaf(id, &content_hash)[0];
-        in_bucket.extend(all.into_iter().filter(|(l, _)| l[0] == bucket).map(|(_, m)| m));
+        in_bucket.extend(
+            all.into_iter()
+                .filter(|(l, _)| l[0] == bucket)
+                .map(|(_, m)| m),
+        );
         in_bucket.sort_by(|a, b| a.id.cmp(&b.id));
         let tree = digest.tree();
         Some(Proof {
@@ -398,13 +402,21 @@ mod tests {
     #[test]
     fn proofs_check_and_tampering_fails() {
         let items: Vec<(String, String)> = (0..2000)
-            .map(|i| (format!("id-{i}"), crate::item::content_hash(&i.to_string().into_bytes())))
+            .map(|i| {
+                (
+                    format!("id-{i}"),
+                    crate::item::content_hash(&i.to_string().into_bytes()),
+                )
+            })
             .collect();
         let refs = || items.iter().map(|(a, b)| (a.as_str(), b.as_str()));
         let proof = Proof::build("t/0", "id-7", refs()).expect("member");
         assert!(!proof.bucket_members.is_empty());
         proof.check().expect("valid");
-        assert_eq!(proof.root, hex::encode(digest_of(&refs().collect::<Vec<_>>()).root()));
+        assert_eq!(
+            proof.root,
+            hex::encode(digest_of(&refs().collect::<Vec<_>>()).root())
+        );
         assert!(Proof::build("t/0", "absent", refs()).is_none());
 
         let mut tampered = proof.clone();

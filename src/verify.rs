@@ -260,7 +260,11 @@ pub(crate) async fn verify(
                 divergences.push(Divergence {
                     id: id.to_string(),
                     partition,
-                    tier: if deleted_from_sql { Tier::Sql } else { Tier::Redis },
+                    tier: if deleted_from_sql {
+                        Tier::Sql
+                    } else {
+                        Tier::Redis
+                    },
                     kind: if deleted_from_sql {
                         Kind::RowMissing
                     } else {

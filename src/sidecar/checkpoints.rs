@@ -27,7 +27,10 @@ pub fn latest(
 ) -> Result<BTreeMap<String, Checkpoint>> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", format!("sync-engine-verify-{}", std::process::id()))
+        .set(
+            "group.id",
+            format!("sync-engine-verify-{}", std::process::id()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
     for (k, v) in &config.kafka.consumer {

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{
-    merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed,
-};
+use super::{merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed};
 use crate::error::Result;
 use crate::item::{content_hash, SyncItem};
 use crate::merkle::{Delta, PartitionDigest};
@@ -244,14 +242,15 @@ impl DurableTier for MemoryTier {
     }
 
     async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
-        Ok(self.lock().digests.get(partition).cloned().unwrap_or_default())
+        Ok(self
+            .lock()
+            .digests
+            .get(partition)
+            .cloned()
+            .unwrap_or_default())
     }
 
-    async fn replace_merkle_digest(
-        &self,
-        partition: &str,
-        digest: &PartitionDigest,
-    ) -> Result<()> {
+    async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest) -> Result<()> {
         self.lock()
             .digests
             .insert(partition.to_string(), digest.clone());

@@ -158,8 +158,7 @@ pub trait DurableTier: Send + Sync {
     async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest>;
 
     /// Overwrites the stored digests of `partition` (repair: make them describe the rows).
-    async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest)
-        -> Result<()>;
+    async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest) -> Result<()>;
 
     /// The highest version written by `source` (for the sidecar: last offset + 1).
     async fn source_version(&self, source: &str) -> Result<Option<u64>>;

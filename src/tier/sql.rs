@@ -83,8 +83,8 @@ macro_rules! item_from_row {
             $row.try_get(4)?,
             $row.try_get(5)?,
             $row.try_get(6)?,
-            $row.try_get(7)?,
         )
+        .and_then(|item| crate::tier::sql::with_stored_source(item, $row.try_get(7)?))
     };
 }
 pub(super) use item_from_row;
@@ -166,7 +166,10 @@ impl SqlTier {
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             for row in page {
-                digests.entry(row.source).or_default().add(&row.id, &row.content_hash);
+                digests
+                    .entry(row.source)
+                    .or_default()
+                    .add(&row.id, &row.content_hash);
             }
         }
         for (partition, digest) in &digests {
@@ -364,7 +367,6 @@ pub(super) fn decode_item(
     state: Vec<u8>,
     version: i64,
     redis_ttl_ms: Option<i64>,
-    source: Vec<u8>,
 ) -> Result<SyncItem> {
     let text = |bytes: Vec<u8>, what: &str| {
         String::from_utf8(bytes).map_err(|_| {
@@ -386,8 +388,14 @@ pub(super) fn decode_item(
         text(state, "state")?,
         version as u64,
         redis_ttl_ms.map(|ms| ms.max(0) as u64),
-    )
-    .with_source(text(source, "source")?.into()))
+    ))
+}
+
+/// The item as written by `source` (the last column of [`ITEM_COLUMNS`]).
+pub(super) fn with_stored_source(item: SyncItem, source: Vec<u8>) -> Result<SyncItem> {
+    let source = String::from_utf8(source)
+        .map_err(|_| SyncError::Sql(sqlx::Error::Decode("stored source is not UTF-8".into())))?;
+    Ok(item.with_source(source.into()))
 }
 
 #[async_trait]
@@ -521,7 +529,8 @@ impl DurableTier for SqlTier {
 
     async fn merkle_partitions(&self) -> Result<Vec<String>> {
         let sql = "SELECT DISTINCT source FROM sync_merkle_buckets ORDER BY source";
-        let rows: Vec<Vec<u8>> = on_pool!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await?);
+        let rows: Vec<Vec<u8>> =
+            on_pool!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
             .map(|p| String::from_utf8_lossy(&p).into_owned())
@@ -545,11 +554,7 @@ impl DurableTier for SqlTier {
         Ok(digest)
     }
 
-    async fn replace_merkle_digest(
-        &self,
-        partition: &str,
-        digest: &PartitionDigest,
-    ) -> Result<()> {
+    async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest) -> Result<()> {
         let buckets: Vec<(u8, Bucket)> = digest.non_empty().collect();
         let dialect = self.dialect;
         on_pool!(self, pool => {

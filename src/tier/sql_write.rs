@@ -183,11 +183,16 @@ macro_rules! store_delta {
                     let count: i64 = row.try_get(2)?;
                     let digest: String = row.try_get(3)?;
                     let digest = crate::merkle::decode_hash(&digest).ok_or_else(|| {
-                        sqlx::Error::Decode("sync_merkle_buckets.digest is not 64 hex digits".into())
+                        sqlx::Error::Decode(
+                            "sync_merkle_buckets.digest is not 64 hex digits".into(),
+                        )
                     })?;
                     stored.insert(
                         (String::from_utf8_lossy(&source).into_owned(), bucket as u8),
-                        crate::merkle::Bucket { count: count.max(0) as u64, digest },
+                        crate::merkle::Bucket {
+                            count: count.max(0) as u64,
+                            digest,
+                        },
                     );
                 }
             }
