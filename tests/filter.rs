@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use sync_engine::merkle::PartitionDigest;
 use sync_engine::search::Query;
 use sync_engine::tier::memory::MemoryTier;
-use sync_engine::merkle::PartitionDigest;
 use sync_engine::tier::{Applied, DurableTier, LeafRow, Op, Removed};
 use sync_engine::{Result, SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
@@ -73,6 +73,12 @@ impl DurableTier for Counting {
     }
     async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
         self.inner.merkle_digest(partition).await
+    }
+    async fn replace_merkle_digest(&self, p: &str, d: &PartitionDigest) -> Result<()> {
+        self.inner.replace_merkle_digest(p, d).await
+    }
+    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
+        self.inner.source_version(source).await
     }
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
         self.inner.leaves_after(after, limit).await

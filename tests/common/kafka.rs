@@ -582,12 +582,20 @@ pub struct Out {
     pub headers: BTreeMap<String, String>,
 }
 
-/// The confirmations among `outs`, each checked for its type and key.
-pub fn confirmations(outs: &[Out]) -> Vec<Value> {
+/// The output events of one `type` among `outs` (`confirmation`, `checkpoint`), each
+/// checked for its key.
+pub fn events(outs: &[Out], kind: &str) -> Vec<Value> {
     outs.iter()
         .map(|out| {
             let c: Value = serde_json::from_slice(out.value.as_ref().unwrap()).unwrap();
-            assert_eq!(c["type"], "confirmation");
+            assert!(
+                c["type"] == "confirmation" || c["type"] == "checkpoint",
+                "{c}"
+            );
+            (out, c)
+        })
+        .filter(|(_, c)| c["type"] == kind)
+        .map(|(out, c)| {
             assert_eq!(
                 out.key.as_deref(),
                 Some(
@@ -598,6 +606,11 @@ pub fn confirmations(outs: &[Out]) -> Vec<Value> {
             c
         })
         .collect()
+}
+
+/// The confirmations among `outs`.
+pub fn confirmations(outs: &[Out]) -> Vec<Value> {
+    events(outs, "confirmation")
 }
 
 /// Every (partition, offset) the confirmations cover, with how often each was confirmed.
