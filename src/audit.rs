@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use sync_engine::merkle::Proof;
+use sync_engine::merkle::{PartitionDigest, Proof};
 use sync_engine::sidecar::checkpoints;
 use sync_engine::sidecar::config::PipelineConfig;
 use sync_engine::verify::VerifyReport;
@@ -102,10 +102,10 @@ async fn against_checkpoints(
         .context("reading checkpoints from the output topic")?;
     let mut checks = Vec::new();
     for (partition, checkpoint) in latest {
-        let computed = report
-            .partition(&partition)
-            .map(|p| p.computed.root.clone())
-            .unwrap_or_default();
+        let computed = report.partition(&partition).map_or_else(
+            || hex::encode(PartitionDigest::default().root()),
+            |p| p.computed.root.clone(),
+        );
         let sql_version = engine.source_version(&partition).await?.unwrap_or(0);
         let status = if computed == checkpoint.state_root {
             "match"
