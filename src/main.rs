@@ -118,7 +118,7 @@ fn init_tracing() -> anyhow::Result<Option<SdkTracerProvider>> {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer());
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
         registry.init();
         return Ok(None);

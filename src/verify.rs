@@ -310,7 +310,13 @@ pub(crate) async fn repair(
 ) -> Result<RepairSummary> {
     let mut summary = RepairSummary::default();
     if let Some(redis) = redis {
-        let ids: Vec<&str> = report.divergences.iter().map(|d| d.id.as_str()).collect();
+        // a row whose payload no longer matches its hash must not overwrite the good copy
+        let ids: Vec<&str> = report
+            .divergences
+            .iter()
+            .filter(|d| d.kind != Kind::PayloadMismatch)
+            .map(|d| d.id.as_str())
+            .collect();
         let mut items = Vec::new();
         for chunk in ids.chunks(PAGE) {
             items.extend(tier.get_many(chunk).await?);

@@ -41,6 +41,11 @@ elseif t == 'ReJSON-RL' then
   local f = cjson.decode(redis.call('JSON.GET', key, '$.state', '$.merkle'))
   old, old_mirror = f['$.state'][1], f['$.merkle'][1]
 elseif t ~= 'none' then
+  -- not an item: a delete removes it (verify --repair deletes such strays), a put refuses
+  if mode == 'del' then
+    redis.call('DEL', key)
+    return 0
+  end
   return redis.error_reply('key ' .. key .. ' holds a ' .. t .. ', not an item')
 end
 if old then
