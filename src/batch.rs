@@ -60,6 +60,17 @@ impl Batch {
         }
     }
 
+    /// Whether `entry` would take the place of a write bound for SQL without going there
+    /// itself (a cache-only write after a durable one): the batch must be flushed first, or
+    /// the durable write would be lost.
+    pub(crate) fn would_drop_durable(&self, entry: &Entry) -> bool {
+        !entry.sql
+            && self
+                .entries
+                .get(entry.op.id())
+                .is_some_and(|old| old.sql && old.op.version() <= entry.op.version())
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

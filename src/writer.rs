@@ -111,6 +111,9 @@ impl Writer {
             };
             match command {
                 Command::Write(entry) => {
+                    if batch.would_drop_durable(&entry) {
+                        self.flush(&mut batch).await;
+                    }
                     batch.push(entry);
                     if batch.is_full(&limits) {
                         self.flush(&mut batch).await;

@@ -242,6 +242,28 @@ async fn replaying_older_versions_changes_nothing(backend: Backend) {
     engine.shutdown().await;
 }
 
+/// A cache-only write that follows a durable one of the same id, before the batch commits,
+/// must not take the durable one's place in the batch: SQL still gets it.
+async fn a_cache_only_write_never_cancels_a_durable_one(backend: Backend) {
+    let engine = backend.engine().await;
+    engine
+        .submit(SyncItem::new("k".into(), b"durable".to_vec()))
+        .await
+        .unwrap();
+    engine
+        .submit_with(
+            SyncItem::new("k".into(), b"cached".to_vec()),
+            SubmitOptions::cache(sync_engine::CacheTtl::Minute),
+        )
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+    let rows = backend.raw().await.rows().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].content(), b"durable");
+    engine.shutdown().await;
+}
+
 async fn shutdown_makes_everything_durable(backend: Backend) {
     let engine = backend
         .engine_with(sync_engine::SyncEngineConfig {
@@ -460,6 +482,7 @@ on_both_backends!(
     ids_are_exact_and_prefixes_literal,
     deletes_keep_their_order,
     replaying_older_versions_changes_nothing,
+    a_cache_only_write_never_cancels_a_durable_one,
     shutdown_makes_everything_durable,
     states_and_byte_accounting,
     bad_input_is_a_typed_error,
