@@ -31,9 +31,16 @@ struct CheckpointCheck {
     status: &'static str,
 }
 
+/// The pipeline's engine, for reading: no L3 filter (it would scan SQL for nothing).
+async fn engine(config: &PipelineConfig) -> anyhow::Result<SyncEngine> {
+    let mut engine = config.engine.clone();
+    engine.l3_filter = false;
+    crate::start(&engine).await
+}
+
 pub async fn verify(pipeline: &Path, repair: bool, json: bool) -> anyhow::Result<i32> {
     let config = PipelineConfig::load(pipeline)?;
-    let engine = crate::start(&config.engine).await?;
+    let engine = engine(&config).await?;
     let mut report = run(&engine, json).await?;
     let mut checks = against_checkpoints(&engine, &config, &report).await?;
     print(&report, &checks, json)?;
@@ -192,7 +199,7 @@ fn print(report: &VerifyReport, checks: &[CheckpointCheck], json: bool) -> anyho
 
 pub async fn prove(pipeline: &Path, id: &str) -> anyhow::Result<i32> {
     let config = PipelineConfig::load(pipeline)?;
-    let engine = crate::start(&config.engine).await?;
+    let engine = engine(&config).await?;
     let proof = engine.prove(id).await?;
     engine.shutdown().await;
     match proof {
