@@ -312,14 +312,24 @@ impl Writer {
         }
         // cache-only entries skip L3 and always "apply"
         let outcomes: Vec<(&Entry, bool)> = durable
-            .into_iter()
+            .iter()
+            .copied()
             .zip(applied.iter().map(|a| a.applied))
             .chain(cache_only.into_iter().map(|e| (e, true)))
             .collect();
 
         if let Some(redis) = &self.redis {
+            // a replay of exactly what SQL holds is written again: the crash it follows may
+            // have come between the commit and the Redis write
+            let replayed = durable
+                .iter()
+                .zip(&applied)
+                .filter(|(entry, a)| a.current && holds_exactly(&entry.op, a))
+                .map(|(entry, _)| (*entry, true));
             let writes: Vec<CacheWrite> = outcomes
                 .iter()
+                .copied()
+                .chain(replayed)
                 .filter(|(_, applied)| *applied)
                 .map(|(entry, _)| match &entry.op {
                     Op::Put(item) if entry.redis => CacheWrite::Put {
@@ -344,6 +354,16 @@ impl Writer {
                 },
             }));
         debug!(items = outcomes.len(), "batch committed");
+    }
+}
+
+/// Whether the tier's row (or its absence) is what `op` itself wrote — same version and
+/// same content — so rewriting Redis from `op` cannot put anything else there.
+fn holds_exactly(op: &Op, outcome: &crate::tier::Applied) -> bool {
+    match (op, &outcome.prior) {
+        (Op::Put(item), Some(prior)) => prior.content_hash == item.content_hash(),
+        (Op::Delete { .. }, None) => true,
+        _ => false,
     }
 }
 

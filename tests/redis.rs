@@ -428,6 +428,56 @@ async fn expired_keys_leave_their_state_set(redis: Redis) {
     engine.shutdown().await;
 }
 
+/// A crash between the SQL commit and the Redis write leaves Redis without the batch; the
+/// replay after the restart is a no-op in SQL but must still reach Redis. A replay of the same
+/// version with other content (a broken producer) must not.
+async fn replays_rewrite_what_redis_missed(redis: Redis) {
+    let sql = Backend::sqlite();
+    let engine = sql.engine_with(redis.config(&sql)).await;
+    let item = || SyncItem::new("r".into(), br#"{"v":1}"#.to_vec()).with_version(100);
+    engine.submit(item()).await.unwrap();
+    engine.delete_at("gone", 100).await.unwrap();
+    engine.flush().await.unwrap();
+    let mut raw = redis.raw().await;
+    let key = format!("{}r", redis.prefix);
+    // the crash: Redis never got the write
+    let _: () = raw.del(&key).await.unwrap();
+    let _: () = raw
+        .hset(format!("{}gone", redis.prefix), "payload", "stale")
+        .await
+        .unwrap();
+
+    engine.submit(item()).await.unwrap();
+    engine.delete_at("gone", 100).await.unwrap();
+    engine.flush().await.unwrap();
+    assert!(
+        raw.exists::<_, bool>(&key).await.unwrap(),
+        "replay rewrote Redis"
+    );
+    assert!(!raw
+        .exists::<_, bool>(format!("{}gone", redis.prefix))
+        .await
+        .unwrap());
+    engine.clear_l1();
+    assert_eq!(
+        engine.get("r").await.unwrap().unwrap().content(),
+        br#"{"v":1}"#
+    );
+
+    engine
+        .submit(SyncItem::new("r".into(), br#"{"v":2}"#.to_vec()).with_version(100))
+        .await
+        .unwrap();
+    engine.flush().await.unwrap();
+    engine.clear_l1();
+    assert_eq!(
+        engine.get("r").await.unwrap().unwrap().content(),
+        br#"{"v":1}"#,
+        "same version, other content: Redis keeps SQL's"
+    );
+    engine.shutdown().await;
+}
+
 macro_rules! on_both_redis {
     ($($scenario:ident),* $(,)?) => {
         $(
@@ -453,6 +503,7 @@ on_both_redis!(
     state_sets_follow_sql,
     expired_keys_leave_their_state_set,
     sql_hits_are_promoted,
+    replays_rewrite_what_redis_missed,
 );
 
 /// Which shape each server gets: RedisJSON documents only where the module exists.

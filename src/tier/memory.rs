@@ -110,9 +110,11 @@ impl DurableTier for MemoryTier {
             .map(|op| {
                 let key = op.id().as_bytes().to_vec();
                 let before = t.items.get(&key).map(|item| prior(item));
-                if t.stored_version(&key).is_some_and(|v| v >= op.version()) {
+                let stored = t.stored_version(&key);
+                if stored.is_some_and(|v| v >= op.version()) {
                     return Applied {
                         applied: false,
+                        current: stored == Some(op.version()),
                         prior: before,
                     };
                 }
@@ -128,6 +130,7 @@ impl DurableTier for MemoryTier {
                 }
                 Applied {
                     applied: true,
+                    current: false,
                     prior: before,
                 }
             })

@@ -67,6 +67,10 @@ pub struct Prior {
 pub struct Applied {
     /// It was newer than the stored row or tombstone, so it changed the tier.
     pub applied: bool,
+    /// It did not apply because the tier already holds exactly this write (same version): a
+    /// replay after a crash that came between the commit and the Redis write. Redis is
+    /// written again for it.
+    pub current: bool,
     /// The live row before the batch, if there was one.
     pub prior: Option<Prior>,
 }

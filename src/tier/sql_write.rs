@@ -271,6 +271,7 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
             .iter()
             .map(|op| Applied {
                 applied: stored.get(op.id().as_bytes()).is_none_or(|&v| op.version() as i64 > v),
+                current: stored.get(op.id().as_bytes()) == Some(&(op.version() as i64)),
                 prior: live.get(op.id().as_bytes()).cloned(),
             })
             .collect();
