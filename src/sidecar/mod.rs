@@ -490,7 +490,14 @@ impl Pipeline {
                     batches: 0,
                     since: Instant::now(),
                 });
-            unpublished.checkpoint.offset = confirmation.last_offset;
+            // after a crash, SQL may already hold later records of the partition (committed
+            // to SQL, not to Kafka): the root is then that later state's, and the checkpoint
+            // says so by naming SQL's offset
+            let sql_offset = self
+                .handle
+                .block_on(self.engine.source_version(&format!("{topic}/{partition}")))?
+                .map_or(-1, |v| v as i64 - 1);
+            unpublished.checkpoint.offset = confirmation.last_offset.max(sql_offset);
             unpublished.checkpoint.state_root = root.root;
             unpublished.checkpoint.item_count = root.item_count;
             unpublished.batches += 1;
