@@ -177,7 +177,11 @@ fn print(report: &VerifyReport, checks: &[CheckpointCheck], json: bool) -> anyho
         println!(
             "{:<24} {:<11} no rows; checkpoint @{}: {}",
             c.partition,
-            if c.status == "divergent" { "DIVERGENT" } else { "OK" },
+            if c.status == "divergent" {
+                "DIVERGENT"
+            } else {
+                "OK"
+            },
             c.offset,
             c.status
         );

@@ -234,7 +234,7 @@ pub(crate) async fn verify(
         let mut scanned = 0u64;
         let mut cursor = 0;
         loop {
-            let (next, ids) = redis.scan_ids(cursor).await?;
+            let (next, ids) = redis.scan_ids("", cursor).await?;
             scanned += ids.len() as u64;
             let unknown: Vec<&str> = ids
                 .iter()

@@ -357,25 +357,9 @@ impl RedisTier {
     /// Deletes every item key under `{prefix}{id_prefix}` (SCAN, so it never blocks Redis),
     /// state sets included.
     pub(crate) async fn remove_prefix(&self, id_prefix: &str) -> Result<(), RedisError> {
-        let mut connection = self.connection().await?;
-        let pattern = format!("{}*", glob_escape(&self.key(id_prefix)));
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self.observe(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut connection)
-                    .await,
-            )?;
-            let ids: Vec<String> = keys
-                .iter()
-                .filter_map(|k| k.strip_prefix(self.prefix.as_bytes()))
-                .filter_map(|id| std::str::from_utf8(id).ok().map(str::to_string))
-                .collect();
+            let (next, ids) = self.scan_ids(id_prefix, cursor).await?;
             let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
             self.write_all(&[], &writes).await?;
             if next == 0 {
@@ -402,11 +386,15 @@ impl RedisTier {
         Ok(replies.into_iter().map(Probe::decode).collect())
     }
 
-    /// One SCAN step over the item keys (meta keys `{prefix}\xff…` left out): the next
-    /// cursor (0 = done) and the ids found.
-    pub(crate) async fn scan_ids(&self, cursor: u64) -> Result<(u64, Vec<String>), RedisError> {
+    /// One SCAN step over the item keys under `{prefix}{id_prefix}` (meta keys
+    /// `{prefix}\xff…` left out): the next cursor (0 = done) and the ids found.
+    pub(crate) async fn scan_ids(
+        &self,
+        id_prefix: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<String>), RedisError> {
         let mut connection = self.connection().await?;
-        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let pattern = format!("{}*", glob_escape(&self.key(id_prefix)));
         let (next, keys): (u64, Vec<Vec<u8>>) = self.observe(
             redis::cmd("SCAN")
                 .arg(cursor)

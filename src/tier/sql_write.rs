@@ -228,15 +228,15 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
         let mut tombstoned: HashSet<Vec<u8>> = HashSet::new();
         let mut live: HashMap<Vec<u8>, Prior> = HashMap::new();
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT id, version, source, content_hash, redis_ttl_ms FROM sync_items WHERE id IN ({}){}",
-                marks(chunk.len()),
-                dialect.lock_clause()
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(*id);
-            }
+            let select = |columns: &str, table: &str| {
+                format!(
+                    "SELECT {columns} FROM {table} WHERE id IN ({}){}",
+                    marks(chunk.len()),
+                    dialect.lock_clause()
+                )
+            };
+            let sql = select("id, version, source, content_hash, redis_ttl_ms", "sync_items");
+            let query = chunk.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id));
             for row in query.fetch_all(&mut *tx).await? {
                 let id: Vec<u8> = row.try_get(0)?;
                 stored.insert(id.clone(), row.try_get(1)?);
@@ -248,15 +248,8 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
                     redis_ttl_ms: ttl.map(|ms| ms.max(0) as u64),
                 });
             }
-            let sql = format!(
-                "SELECT id, version FROM sync_tombstones WHERE id IN ({}){}",
-                marks(chunk.len()),
-                dialect.lock_clause()
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(*id);
-            }
+            let sql = select("id, version", "sync_tombstones");
+            let query = chunk.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id));
             for row in query.fetch_all(&mut *tx).await? {
                 let id: Vec<u8> = row.try_get(0)?;
                 let version: i64 = row.try_get(1)?;
