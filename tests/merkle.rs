@@ -1,9 +1,9 @@
 //! Merkle state roots (`schemas/MERKLE.md`) checked against an independent implementation.
 //!
-//! This file carries its own `sync-engine-merkle-v1` (sha2 + hex, nothing from
-//! `sync_engine::merkle`), written from MERKLE.md alone, and recomputes the root of `local`
-//! from the raw rows (`SELECT id, content_hash FROM sync_items WHERE source = ?`). On SQLite
-//! and MariaDB:
+//! The reference `sync-engine-merkle-v1` is tests/common/merkle_ref.rs (sha2 + hex, nothing
+//! from `sync_engine::merkle`), written from MERKLE.md alone, whose own test reproduces the
+//! document's worked example; this file recomputes the root of `local` with it from the raw
+//! rows (`SELECT id, content_hash FROM sync_items WHERE source = ?`). On SQLite and MariaDB:
 //!
 //! - the worked example of MERKLE.md gives the documented root;
 //! - seeded random histories (puts of JSON and binary, re-puts with new and identical content,
@@ -18,111 +18,22 @@
 
 #[macro_use] // `on_raw!`, for queries `Raw` has no method for
 mod common;
+#[path = "common/merkle_ref.rs"]
+mod merkle_ref;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use sha2::{Digest, Sha256};
 use sync_engine::merkle::StateRoot;
 use sync_engine::{SubmitOptions, SyncEngine, SyncEngineConfig, SyncItem};
 
-use common::{Backend, Raw};
+use common::{Backend, Raw, XorShift};
 
 const LOCAL: &str = "local";
 
 // ---------------------------------------------------------------------------------------------
-// sync-engine-merkle-v1, from schemas/MERKLE.md
-// ---------------------------------------------------------------------------------------------
-
-type Hash = [u8; 32];
-
-/// Root of a partition without items (MERKLE.md).
-const EMPTY_ROOT: &str = "c3526b2d8416b82ec1efbfaa8577fd962febbeba50d46f6f5f34114088addb83";
-/// Node of an empty bucket (MERKLE.md).
-const EMPTY_NODE: &str = "f350fbd7557ef9d0a8fb9906b5699288f3bf3f68ee9adbddb5d69c0bd39575c0";
-
-fn sha256(parts: &[&[u8]]) -> Hash {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update(part);
-    }
-    h.finalize().into()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(sha256(&[bytes]))
-}
-
-/// `SHA-256(0x00 ‖ be16(len id) ‖ id ‖ content_hash as its 64 ASCII hex characters)`.
-fn leaf(id: &[u8], content_hash: &str) -> Hash {
-    let len = u16::try_from(id.len()).expect("ids are at most 255 bytes");
-    sha256(&[&[0x00], &len.to_be_bytes(), id, content_hash.as_bytes()])
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct BucketDigest {
-    count: u64,
-    /// XOR of the bucket's leaves.
-    digest: Hash,
-}
-
-/// The 256 buckets of a set of `(id, content_hash)` rows; an item goes to bucket `leaf[0]`.
-fn buckets(rows: &[(Vec<u8>, String)]) -> Vec<BucketDigest> {
-    let mut out = vec![BucketDigest::default(); 256];
-    for (id, hash) in rows {
-        let leaf = leaf(id, hash);
-        let bucket = &mut out[leaf[0] as usize];
-        bucket.count += 1;
-        bucket
-            .digest
-            .iter_mut()
-            .zip(leaf)
-            .for_each(|(d, l)| *d ^= l);
-    }
-    out
-}
-
-/// `SHA-256(0x01 ‖ be64(count) ‖ digest)`.
-fn node(bucket: &BucketDigest) -> Hash {
-    sha256(&[&[0x01], &bucket.count.to_be_bytes(), &bucket.digest])
-}
-
-/// Every level of the tree over the 256 bucket nodes: the nodes first, the root (alone) last.
-fn tree_levels(buckets: &[BucketDigest]) -> Vec<Vec<Hash>> {
-    let mut levels = vec![buckets.iter().map(node).collect::<Vec<Hash>>()];
-    while levels.last().unwrap().len() > 1 {
-        let pairs = levels.last().unwrap().chunks(2);
-        levels.push(pairs.map(|p| sha256(&[&p[0], &p[1]])).collect());
-    }
-    levels
-}
-
-fn root_hex(rows: &[(Vec<u8>, String)]) -> String {
-    hex::encode(tree_levels(&buckets(rows)).last().unwrap()[0])
-}
-
-// ---------------------------------------------------------------------------------------------
 // Raw SQL
 // ---------------------------------------------------------------------------------------------
-
-/// `(id, content_hash)` of every row of partition `local`, straight from `sync_items`.
-async fn local_rows(raw: &mut Raw) -> Vec<(Vec<u8>, String)> {
-    // `source` is VARBINARY / BLOB: bind bytes (a text literal never equals a BLOB in SQLite)
-    let sql = "SELECT id, content_hash FROM sync_items WHERE source = ?";
-    on_raw!(raw, conn => {
-        let rows: Vec<(Vec<u8>, String)> =
-            sqlx::query_as(sql).bind(LOCAL.as_bytes()).fetch_all(&mut *conn).await.unwrap();
-        rows
-    })
-}
-
-async fn count_local(raw: &mut Raw) -> u64 {
-    let sql = "SELECT COUNT(*) FROM sync_items WHERE source = ?";
-    let count: i64 = on_raw!(raw, conn => {
-        sqlx::query_scalar(sql).bind(LOCAL.as_bytes()).fetch_one(&mut *conn).await.unwrap()
-    });
-    count as u64
-}
 
 /// `(bucket, item_count, digest)` rows of `sync_merkle_buckets` for `local`.
 async fn stored_buckets(raw: &mut Raw) -> Vec<(i64, i64, String)> {
@@ -139,7 +50,7 @@ async fn stored_buckets(raw: &mut Raw) -> Vec<(i64, i64, String)> {
 /// nothing) a zero digest: MERKLE.md says "one row per non-empty bucket", but such rows
 /// change no root, so they are accepted as long as they are exactly that.
 fn assert_bucket_table(stored: &[(i64, i64, String)], rows: &[(Vec<u8>, String)], ctx: &str) {
-    let want = buckets(rows);
+    let want = merkle_ref::buckets(rows);
     let mut listed = [false; 256];
     for (bucket, count, digest) in stored {
         let b = usize::try_from(*bucket).ok().filter(|b| *b < 256);
@@ -165,50 +76,15 @@ fn assert_bucket_table(stored: &[(i64, i64, String)], rows: &[(Vec<u8>, String)]
 // The worked example
 // ---------------------------------------------------------------------------------------------
 
-/// MERKLE.md's table: id, payload, content_hash, leaf, bucket.
-const EXAMPLE: [(&str, &str, &str, &str, u8); 3] = [
-    (
-        "user:1",
-        r#"{"name":"ada"}"#,
-        "749a62808254a4acbcaf5262beaecfbd42a9c88877ec1f53de3d2fe58fa8449b",
-        "f387b3f07ba0d3ea2b3ede39ade1f5ad669d5c9d8530848b5d0ddc03ecfa9b38",
-        243,
-    ),
-    (
-        "user:2",
-        r#"{"name":"bob"}"#,
-        "91a73e713f3ccae0a3f290f976316ffdc5b7182fb96ebac574c92c424473b5c6",
-        "c32bb91e88cab26cae1489db276d44dea27bb6d7cf6286fa089121a5d0ba54af",
-        195,
-    ),
-    (
-        "order:7",
-        "hello",
-        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
-        "38e202b8b3cfc3d5c54efaaefe1c044504a6c1dbe6e56fad1fcd9c3ec7c73088",
-        56,
-    ),
-];
-const EXAMPLE_ROOT: &str = "d585d54113712fc4f9b54efa9efb389f1d7fbd97bc86616df1673902330dc19c";
-
 async fn documented_example(backend: Backend) {
-    // our implementation reproduces every number of the page before the engine is asked
-    assert_eq!(hex::encode(node(&BucketDigest::default())), EMPTY_NODE);
-    assert_eq!(root_hex(&[]), EMPTY_ROOT);
-    for (id, payload, hash, want_leaf, bucket) in EXAMPLE {
-        assert_eq!(sha256_hex(payload.as_bytes()), hash, "{id}");
-        let leaf = leaf(id.as_bytes(), hash);
-        assert_eq!(
-            (hex::encode(leaf), leaf[0]),
-            (want_leaf.to_string(), bucket),
-            "{id}"
-        );
-    }
-
+    // that our implementation reproduces every number of the page is merkle_ref's own test
     let engine = backend.engine().await;
     let empty = engine.merkle_root(LOCAL).await.unwrap();
-    assert_eq!((empty.root.as_str(), empty.item_count), (EMPTY_ROOT, 0));
-    for (id, payload, ..) in EXAMPLE {
+    assert_eq!(
+        (empty.root.as_str(), empty.item_count),
+        (merkle_ref::EMPTY_ROOT, 0)
+    );
+    for (id, payload, ..) in merkle_ref::EXAMPLE {
         let item = SyncItem::new(id.into(), payload.as_bytes().to_vec());
         engine.submit(item).await.unwrap();
     }
@@ -216,31 +92,34 @@ async fn documented_example(backend: Backend) {
 
     let expected = StateRoot {
         partition: LOCAL.into(),
-        root: EXAMPLE_ROOT.into(),
+        root: merkle_ref::EXAMPLE_ROOT.into(),
         item_count: 3,
     };
     assert_eq!(engine.merkle_root(LOCAL).await.unwrap(), expected);
     assert_eq!(engine.merkle_roots().await.unwrap(), vec![expected]);
     // a partition nobody wrote to is empty
     let other = engine.merkle_root("orders/3").await.unwrap();
-    assert_eq!((other.root.as_str(), other.item_count), (EMPTY_ROOT, 0));
+    assert_eq!(
+        (other.root.as_str(), other.item_count),
+        (merkle_ref::EMPTY_ROOT, 0)
+    );
 
     // the table holds the documented hashes, and our recomputation from it gives the root
     let mut raw = backend.raw().await;
-    let mut rows = local_rows(&mut raw).await;
+    let mut rows = raw.leaves(LOCAL).await;
     rows.sort();
-    let mut documented: Vec<(Vec<u8>, String)> = EXAMPLE
+    let mut documented: Vec<(Vec<u8>, String)> = merkle_ref::EXAMPLE
         .iter()
         .map(|(id, _, hash, ..)| (id.as_bytes().to_vec(), hash.to_string()))
         .collect();
     documented.sort();
     assert_eq!(rows, documented);
-    assert_eq!(root_hex(&rows), EXAMPLE_ROOT);
+    assert_eq!(merkle_ref::root(&rows), merkle_ref::EXAMPLE_ROOT);
 
     // one stored row per bucket 56, 195, 243: count 1, digest = the leaf
     let mut stored = stored_buckets(&mut raw).await;
     stored.sort();
-    let mut expected: Vec<(i64, i64, String)> = EXAMPLE
+    let mut expected: Vec<(i64, i64, String)> = merkle_ref::EXAMPLE
         .iter()
         .map(|(.., leaf_hex, bucket)| (i64::from(*bucket), 1, leaf_hex.to_string()))
         .collect();
@@ -252,22 +131,6 @@ async fn documented_example(backend: Backend) {
 // ---------------------------------------------------------------------------------------------
 // Random histories
 // ---------------------------------------------------------------------------------------------
-
-/// A small deterministic generator: a failure is reproduced by its seed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize].clone()
-    }
-}
 
 /// Ids the histories use: shared prefixes for range deletes, multi-byte UTF-8 (the leaf
 /// takes the id's *byte* length), one long id and a crowd.
@@ -413,7 +276,12 @@ type Model = BTreeMap<String, Stored>;
 fn leaves_of(model: &Model) -> BTreeMap<Vec<u8>, String> {
     model
         .iter()
-        .map(|(id, s)| (id.as_bytes().to_vec(), sha256_hex(s.content.bytes())))
+        .map(|(id, s)| {
+            (
+                id.as_bytes().to_vec(),
+                merkle_ref::content_hash(s.content.bytes()),
+            )
+        })
         .collect()
 }
 
@@ -678,11 +546,11 @@ impl<'a> Run<'a> {
         self.engine.flush().await.unwrap();
         let ctx = format!("check {} ({why})", self.checks);
         let got = self.engine.merkle_root(LOCAL).await.unwrap();
-        let rows = local_rows(&mut self.raw).await;
-        let count = count_local(&mut self.raw).await;
+        let rows = self.raw.leaves(LOCAL).await;
+        let count = self.raw.count(LOCAL).await;
         let stored = stored_buckets(&mut self.raw).await;
 
-        let want = root_hex(&rows);
+        let want = merkle_ref::root(&rows);
         assert_eq!(
             got.root,
             want,
@@ -803,7 +671,10 @@ async fn random_histories_match_recomputation(backend: Backend) {
         run.engine.delete_prefix("").await.unwrap();
         run.model.clear();
         let empty = run.check("after deleting everything").await;
-        assert_eq!((empty.root.as_str(), empty.item_count), (EMPTY_ROOT, 0));
+        assert_eq!(
+            (empty.root.as_str(), empty.item_count),
+            (merkle_ref::EMPTY_ROOT, 0)
+        );
         run.engine.shutdown().await;
     }
 }
@@ -827,8 +698,8 @@ async fn missing_digests_are_backfilled(backend: Backend) {
     let after = engine.merkle_root(LOCAL).await.unwrap();
     assert_eq!(after, before);
     assert_eq!(after.item_count, 39);
-    let rows = local_rows(&mut raw).await;
-    assert_eq!(after.root, root_hex(&rows));
+    let rows = raw.leaves(LOCAL).await;
+    assert_eq!(after.root, merkle_ref::root(&rows));
     assert_bucket_table(&stored_buckets(&mut raw).await, &rows, "backfilled");
     engine.shutdown().await;
 }
@@ -842,7 +713,7 @@ fn ids_in_bucket(bucket: u8, n: usize, skip: &[String]) -> Vec<String> {
     (0..)
         .map(|k| format!("proof:{k}"))
         .filter(|id| !skip.contains(id))
-        .filter(|id| leaf(id.as_bytes(), &sha256_hex(content_of(id).as_bytes()))[0] == bucket)
+        .filter(|id| bucket_of(id) == bucket)
         .take(n)
         .collect()
 }
@@ -852,11 +723,19 @@ fn content_of(id: &str) -> String {
     format!("v{}", id.trim_start_matches("proof:"))
 }
 
+/// The bucket of `id` holding its proof-test payload.
+fn bucket_of(id: &str) -> u8 {
+    merkle_ref::leaf(
+        id.as_bytes(),
+        &merkle_ref::content_hash(content_of(id).as_bytes()),
+    )[0]
+}
+
 async fn proofs(backend: Backend) {
     let engine = backend.engine().await;
     // "proof:0" shares its bucket with two more items; twenty others spread elsewhere
     let first = "proof:0".to_string();
-    let bucket = leaf(first.as_bytes(), &sha256_hex(content_of(&first).as_bytes()))[0];
+    let bucket = bucket_of(&first);
     let mates = ids_in_bucket(bucket, 2, std::slice::from_ref(&first));
     let mut ids = vec![first.clone()];
     ids.extend(mates.iter().cloned());
@@ -888,10 +767,10 @@ async fn proofs(backend: Backend) {
     assert_eq!((proof.id.as_str(), proof.bucket), (first.as_str(), bucket));
     assert_eq!(
         proof.content_hash,
-        sha256_hex(content_of(&first).as_bytes())
+        merkle_ref::content_hash(content_of(&first).as_bytes())
     );
     // the members: exactly the other items of the bucket, as our own computation finds them
-    let rows = local_rows(&mut backend.raw().await).await;
+    let rows = backend.raw().await.leaves(LOCAL).await;
     let mut members: Vec<(String, String)> = proof
         .bucket_members
         .iter()
@@ -900,14 +779,16 @@ async fn proofs(backend: Backend) {
     members.sort();
     let mut want: Vec<(String, String)> = rows
         .iter()
-        .filter(|(id, hash)| leaf(id, hash)[0] == bucket && id.as_slice() != first.as_bytes())
+        .filter(|(id, hash)| {
+            merkle_ref::leaf(id, hash)[0] == bucket && id.as_slice() != first.as_bytes()
+        })
         .map(|(id, hash)| (String::from_utf8(id.clone()).unwrap(), hash.clone()))
         .collect();
     want.sort();
     assert_eq!(members, want);
     assert_eq!(members.len(), 2);
     // the path: the sibling at each level of our tree, leaf level first
-    let levels = tree_levels(&buckets(&rows));
+    let levels = merkle_ref::levels(&rows);
     let siblings: Vec<String> = (0..8)
         .map(|level| hex::encode(levels[level][(bucket as usize >> level) ^ 1]))
         .collect();
@@ -915,7 +796,7 @@ async fn proofs(backend: Backend) {
 
     // a tampered content hash no longer proves anything
     let mut tampered = proof.clone();
-    tampered.content_hash = sha256_hex(b"something else");
+    tampered.content_hash = merkle_ref::content_hash(b"something else");
     assert!(tampered.check().is_err(), "a tampered content_hash checks");
     // nor does a proof missing one of the bucket's members
     let mut short = proof.clone();

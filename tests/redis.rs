@@ -5,50 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Backend;
+use common::redis::{Redis, PLAIN_ENV, STACK_ENV};
+use common::{Backend, XorShift};
 use redis::AsyncCommands;
-use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncEngineConfig, SyncItem};
-
-const PLAIN_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
-const STACK_ENV: &str = "SYNC_ENGINE_TEST_REDIS_STACK_URL";
-
-struct Redis {
-    url: String,
-    /// Unique per test, so tests share a server without seeing each other.
-    prefix: String,
-}
-
-impl Redis {
-    fn from_env(var: &str) -> Redis {
-        let url = std::env::var(var).unwrap_or_else(|_| {
-            panic!("{var} is not set: run the suite with scripts/test (it starts Redis)")
-        });
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Redis {
-            url,
-            prefix: format!("t{}:{nanos}:", std::process::id()),
-        }
-    }
-
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
-    fn config(&self, sql: &Backend) -> SyncEngineConfig {
-        SyncEngineConfig {
-            redis_url: Some(self.url.clone()),
-            redis_prefix: Some(self.prefix.clone()),
-            ..sql.config()
-        }
-    }
-}
+use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncItem};
 
 /// Polls `check` until it holds or `deadline` passes.
 async fn eventually(deadline: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
@@ -245,6 +205,7 @@ async fn prefixes_isolate_engines(redis: Redis) {
     let other = Redis {
         url: redis.url.clone(),
         prefix: format!("{}other:", redis.prefix),
+        stack: redis.stack,
     };
     let sql = Backend::sqlite();
     let a = sql.engine_with(redis.config(&sql)).await;
@@ -326,18 +287,6 @@ async fn sql_hits_are_promoted(redis: Redis) {
         "served from the promoted copy"
     );
     engine.shutdown().await;
-}
-
-/// A small deterministic generator, so a failing sequence can be replayed from its seed.
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 async fn state_sets_follow_sql(redis: Redis) {
@@ -476,23 +425,6 @@ async fn replays_rewrite_what_redis_missed(redis: Redis) {
         "same version, other content: Redis keeps SQL's"
     );
     engine.shutdown().await;
-}
-
-macro_rules! on_both_redis {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn plain() {
-                    super::$scenario(super::Redis::from_env(super::PLAIN_ENV)).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn stack() {
-                    super::$scenario(super::Redis::from_env(super::STACK_ENV)).await
-                }
-            }
-        )*
-    };
 }
 
 on_both_redis!(

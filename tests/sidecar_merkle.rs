@@ -1,11 +1,13 @@
 //! The sidecar's Merkle state roots against an independent implementation of
-//! schemas/MERKLE.md (tests/common/merkle_ref.rs), on a real Kafka-protocol broker (tansu,
-//! started by scripts/test): every confirmation states the root of exactly what its partition
-//! holds after it, checkpoints repeat confirmed states (every N batches, after the interval
-//! even when the input stops, at shutdown), an emptied partition states the empty root, and
-//! after a SIGKILL mid-stream and a restart the last confirmation and checkpoint of every
-//! partition state the root of its SQL rows, which `sync-engine verify` confirms.
+//! schemas/MERKLE.md (tests/common/merkle_ref.rs, whose own test of the document's worked
+//! example runs here too), on a real Kafka-protocol broker (tansu, started by scripts/test):
+//! every confirmation states the root of exactly what its partition holds after it,
+//! checkpoints repeat confirmed states (every N batches, after the interval even when the
+//! input stops, at shutdown), an emptied partition states the empty root, and after a SIGKILL
+//! mid-stream and a restart the last confirmation and checkpoint of every partition state the
+//! root of its SQL rows, which `sync-engine verify` confirms.
 
+#[macro_use] // `on_raw!`, for queries `Raw` has no method for
 mod common;
 #[path = "common/kafka.rs"]
 mod kafka;
@@ -26,59 +28,6 @@ use serde_json::Value;
 
 /// The pipeline's `[kafka] checkpoint_every_batches`.
 const EVERY_ENV: &str = "SYNC_ENGINE__KAFKA__CHECKPOINT_EVERY_BATCHES";
-const REDIS_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
-
-// ---------------------------------------------------------------------------------------
-// The reference implementation against the document's worked example
-
-#[test]
-fn reference_implementation_reproduces_the_worked_example() {
-    // schemas/MERKLE.md, "Worked example": (id, payload, content_hash, leaf, bucket)
-    let table = [
-        (
-            "user:1",
-            r#"{"name":"ada"}"#,
-            "749a62808254a4acbcaf5262beaecfbd42a9c88877ec1f53de3d2fe58fa8449b",
-            "f387b3f07ba0d3ea2b3ede39ade1f5ad669d5c9d8530848b5d0ddc03ecfa9b38",
-            243,
-        ),
-        (
-            "user:2",
-            r#"{"name":"bob"}"#,
-            "91a73e713f3ccae0a3f290f976316ffdc5b7182fb96ebac574c92c424473b5c6",
-            "c32bb91e88cab26cae1489db276d44dea27bb6d7cf6286fa089121a5d0ba54af",
-            195,
-        ),
-        (
-            "order:7",
-            "hello",
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
-            "38e202b8b3cfc3d5c54efaaefe1c044504a6c1dbe6e56fad1fcd9c3ec7c73088",
-            56,
-        ),
-    ];
-    let mut rows = Vec::new();
-    for (id, payload, hash, leaf, bucket) in table {
-        assert_eq!(merkle_ref::content_hash(payload.as_bytes()), hash, "{id}");
-        let computed = merkle_ref::leaf(id.as_bytes(), hash);
-        assert_eq!(hex::encode(computed), leaf, "{id}");
-        assert_eq!(computed[0], bucket, "{id}");
-        rows.push((id.as_bytes().to_vec(), hash.to_string()));
-    }
-    let expected = "d585d54113712fc4f9b54efa9efb389f1d7fbd97bc86616df1673902330dc19c";
-    assert_eq!(merkle_ref::root(&rows), expected);
-    rows.reverse();
-    assert_eq!(merkle_ref::root(&rows), expected, "order does not matter");
-
-    assert_eq!(
-        hex::encode(merkle_ref::node(0, &[0; 32])),
-        merkle_ref::EMPTY_NODE
-    );
-    assert_eq!(merkle_ref::root(&[]), merkle_ref::EMPTY_ROOT);
-    // the content hash enters as its hex text: another hash, another root
-    rows[0].1 = merkle_ref::content_hash(b"hello!");
-    assert_ne!(merkle_ref::root(&rows), expected);
-}
 
 // ---------------------------------------------------------------------------------------
 // Helpers: the expected state of a partition, what SQL holds, what the events state
@@ -99,15 +48,32 @@ fn effect(record: &Rec) -> Option<(Vec<u8>, Option<String>)> {
     ))
 }
 
+/// Applies `record` to its partition's set of (id -> content_hash).
+fn apply(set: &mut BTreeMap<Vec<u8>, String>, record: &Rec) {
+    match effect(record) {
+        Some((id, Some(hash))) => {
+            set.insert(id, hash);
+        }
+        Some((id, None)) => {
+            set.remove(&id);
+        }
+        None => {}
+    }
+}
+
 /// A partition's (state root, item count) as the events state them.
 type Stated = (String, u64);
 
-/// For each wanted (partition, offset): the root and size of the set the partition holds
+/// Where a confirmation ends: its (partition, last offset).
+fn end_of(confirmation: &Value) -> (i32, i64) {
+    let last = confirmation["last_offset"].as_i64().unwrap();
+    (partition_of(confirmation), last)
+}
+
+/// For the end of each of `confirmations`: the root and size of the set the partition holds
 /// right after that offset, from replaying the produced records in offset order.
-fn expected_at(
-    sent: &[(Rec, Position)],
-    wanted: &BTreeSet<(i32, i64)>,
-) -> BTreeMap<(i32, i64), Stated> {
+fn expected_at(sent: &[(Rec, Position)], confirmations: &[Value]) -> BTreeMap<(i32, i64), Stated> {
+    let wanted: BTreeSet<(i32, i64)> = confirmations.iter().map(end_of).collect();
     let mut by_partition: BTreeMap<i32, Vec<(i64, &Rec)>> = BTreeMap::new();
     for (record, (partition, offset)) in sent {
         by_partition
@@ -120,15 +86,7 @@ fn expected_at(
         records.sort_by_key(|(offset, _)| *offset);
         let mut set: BTreeMap<Vec<u8>, String> = BTreeMap::new();
         for (offset, record) in records {
-            match effect(record) {
-                Some((id, Some(hash))) => {
-                    set.insert(id, hash);
-                }
-                Some((id, None)) => {
-                    set.remove(&id);
-                }
-                None => {}
-            }
+            apply(&mut set, record);
             if wanted.contains(&(partition, offset)) {
                 let rows: Vec<(Vec<u8>, String)> = set.clone().into_iter().collect();
                 out.insert(
@@ -149,16 +107,7 @@ fn final_sets(sent: &[(Rec, Position)]) -> BTreeMap<i32, BTreeMap<Vec<u8>, Strin
     ordered.sort_by_key(|(_, position)| *position);
     let mut sets: BTreeMap<i32, BTreeMap<Vec<u8>, String>> = BTreeMap::new();
     for (record, (partition, _)) in ordered {
-        let set = sets.entry(*partition).or_default();
-        match effect(record) {
-            Some((id, Some(hash))) => {
-                set.insert(id, hash);
-            }
-            Some((id, None)) => {
-                set.remove(&id);
-            }
-            None => {}
-        }
+        apply(sets.entry(*partition).or_default(), record);
     }
     sets
 }
@@ -168,39 +117,20 @@ fn source(p: &Pipeline, partition: i32) -> String {
     format!("{}/{partition}", p.topic("in"))
 }
 
-/// `SELECT id, content_hash FROM sync_items WHERE source = ?`, and `COUNT(*)` of the same.
-async fn sql_partition(raw: &mut Raw, source: &str) -> (Vec<(Vec<u8>, String)>, u64) {
-    let rows_sql = "SELECT id, content_hash FROM sync_items WHERE source = ?";
-    let count_sql = "SELECT COUNT(*) FROM sync_items WHERE source = ?";
-    // `source` is binary (VARBINARY / BLOB): compare bytes with bytes
-    let bytes = source.as_bytes().to_vec();
-    let (rows, count): (Vec<(Vec<u8>, String)>, (i64,)) = match raw {
-        Raw::MySql(conn) => (
-            sqlx::query_as(rows_sql)
-                .bind(bytes.clone())
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap(),
-            sqlx::query_as(count_sql)
-                .bind(bytes)
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap(),
-        ),
-        Raw::Sqlite(conn) => (
-            sqlx::query_as(rows_sql)
-                .bind(bytes.clone())
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap(),
-            sqlx::query_as(count_sql)
-                .bind(bytes)
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap(),
-        ),
-    };
-    (rows, count.0 as u64)
+/// `SELECT id, content_hash FROM sync_items WHERE source = ?`, and the state they make: the
+/// reference root of those rows and `COUNT(*)` of the same.
+async fn sql_partition(raw: &mut Raw, source: &str) -> (Vec<(Vec<u8>, String)>, Stated) {
+    let rows = raw.leaves(source).await;
+    let root = merkle_ref::root(&rows);
+    (rows, (root, raw.count(source).await))
+}
+
+/// Per source partition, the confirmations and the checkpoints among `outs`.
+fn by_kind(outs: &[kafka::Out]) -> (BTreeMap<i32, Vec<Value>>, BTreeMap<i32, Vec<Value>>) {
+    (
+        by_partition(confirmations(outs)),
+        by_partition(events(outs, "checkpoint")),
+    )
 }
 
 fn partition_of(event: &Value) -> i32 {
@@ -387,9 +317,7 @@ async fn confirmations_state_exact_roots(sql: Backend) {
         &log_ends(sent.iter().map(|(_, position)| *position)),
         Duration::from_secs(30),
     );
-    sidecar.sigterm();
-    let status = sidecar.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status}; log:\n{}", sidecar.log());
+    sidecar.stop();
     let outs = p.read_all("out", Duration::from_secs(30)).await;
 
     // every record confirmed exactly once (no crash, no rebalance)
@@ -414,14 +342,9 @@ async fn confirmations_state_exact_roots(sql: Backend) {
     }
 
     // each confirmation states the root of exactly what its partition holds after it
-    let wanted: BTreeSet<(i32, i64)> = all_confirmations
-        .iter()
-        .map(|c| (partition_of(c), c["last_offset"].as_i64().unwrap()))
-        .collect();
-    let expected = expected_at(&sent, &wanted);
+    let expected = expected_at(&sent, &all_confirmations);
     for c in &all_confirmations {
-        let at = (partition_of(c), c["last_offset"].as_i64().unwrap());
-        assert_eq!(stated(c), expected[&at], "confirmation {c}");
+        assert_eq!(stated(c), expected[&end_of(c)], "confirmation {c}");
     }
 
     let confirmations = by_partition(all_confirmations);
@@ -471,14 +394,10 @@ async fn confirmations_state_exact_roots(sql: Backend) {
         assert_eq!(of_checkpoints, of_confirmations, "partition {partition}");
 
         // and SQL holds that set
-        let (rows, count) = sql_partition(&mut raw, &source(&p, partition)).await;
+        let (rows, in_sql) = sql_partition(&mut raw, &source(&p, partition)).await;
         let last = stated(confirmations.last().unwrap());
-        assert_eq!(
-            (merkle_ref::root(&rows), count),
-            last,
-            "partition {partition}"
-        );
-        assert_eq!(rows.len() as u64, count);
+        assert_eq!(in_sql, last, "partition {partition}");
+        assert_eq!(rows.len() as u64, in_sql.1);
     }
 }
 
@@ -512,10 +431,9 @@ async fn uncommitted_in_sql(p: &Pipeline, raw: &mut Raw) -> BTreeMap<i32, i64> {
     let sql = "SELECT source, version FROM sync_sources";
     // SQL first, then the offsets: a version above an offset committed after it was read
     // is still uncommitted
-    let versions: Vec<(Vec<u8>, i64)> = match raw {
-        Raw::MySql(conn) => sqlx::query_as(sql).fetch_all(&mut *conn).await.unwrap(),
-        Raw::Sqlite(conn) => sqlx::query_as(sql).fetch_all(&mut *conn).await.unwrap(),
-    };
+    let versions: Vec<(Vec<u8>, i64)> = on_raw!(raw, conn => {
+        sqlx::query_as(sql).fetch_all(&mut *conn).await.unwrap()
+    });
     let committed = p.committed();
     (0..p.partitions)
         .filter_map(|partition| {
@@ -532,9 +450,7 @@ async fn uncommitted_in_sql(p: &Pipeline, raw: &mut Raw) -> BTreeMap<i32, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roots_survive_sigkill_and_restart() {
-    let redis_url = std::env::var(REDIS_ENV).unwrap_or_else(|_| {
-        panic!("{REDIS_ENV} is not set: run the suite with scripts/test (it starts Redis)")
-    });
+    let redis_url = common::redis::url(common::redis::PLAIN_ENV);
     let p = Pipeline::on("merkle-crash", 3, Backend::mariadb().await).await;
     // a Redis prefix of its own: `verify` scans every key under it
     let extra = format!(
@@ -594,9 +510,7 @@ async fn roots_survive_sigkill_and_restart() {
     let sent = feed.stop();
     let ends = log_ends(sent.iter().map(|(_, position)| *position));
     p.wait_committed(&ends, Duration::from_secs(90));
-    second.sigterm(); // publishes the checkpoints still due
-    let status = second.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status}; log:\n{}", second.log());
+    second.stop(); // SIGTERM publishes the checkpoints still due
     let outs = p.read_all("out", Duration::from_secs(30)).await;
 
     // every record confirmed, nothing else
@@ -610,16 +524,11 @@ async fn roots_survive_sigkill_and_restart() {
     let before: Vec<Value> = confirmations(&before_kill);
     assert!(!before.is_empty());
     let all_confirmations = confirmations(&outs);
-    let wanted: BTreeSet<(i32, i64)> = all_confirmations
-        .iter()
-        .map(|c| (partition_of(c), c["last_offset"].as_i64().unwrap()))
-        .collect();
-    let expected = expected_at(&sent, &wanted);
+    let expected = expected_at(&sent, &all_confirmations);
     for c in &before {
-        let at = (partition_of(c), c["last_offset"].as_i64().unwrap());
         assert_eq!(
             stated(c),
-            expected[&at],
+            expected[&end_of(c)],
             "confirmation before the kill: {c}"
         );
     }
@@ -633,9 +542,7 @@ async fn roots_survive_sigkill_and_restart() {
             let skip = before_per_partition.get(partition).map_or(0, Vec::len);
             cs[skip..]
                 .iter()
-                .filter(|c| {
-                    stated(c) != expected[&(*partition, c["last_offset"].as_i64().unwrap())]
-                })
+                .filter(|c| stated(c) != expected[&end_of(c)])
                 .count()
         })
         .sum();
@@ -663,24 +570,23 @@ async fn roots_survive_sigkill_and_restart() {
     let mut raw = p.sql.raw().await;
     for partition in 0..3 {
         let source = source(&p, partition);
-        let (rows, count) = sql_partition(&mut raw, &source).await;
-        let root = merkle_ref::root(&rows);
+        let (rows, in_sql) = sql_partition(&mut raw, &source).await;
         let stored: BTreeMap<Vec<u8>, String> = rows.iter().cloned().collect();
         assert_eq!(
             stored, expected_sets[&partition],
             "{source}: SQL holds the last write of every id"
         );
-        assert_eq!(rows.len() as u64, count);
+        assert_eq!(rows.len() as u64, in_sql.1);
         let last_offset = ends[&partition] - 1;
         let last = confirmations[&partition].last().unwrap();
         assert_eq!(last["last_offset"], last_offset, "{last}");
-        assert_eq!(stated(last), (root.clone(), count), "{source}: {last}");
+        assert_eq!(stated(last), in_sql, "{source}: {last}");
         let checkpoint = checkpoints
             .get(&partition)
             .and_then(|c| c.last())
             .unwrap_or_else(|| panic!("{source}: no checkpoint"));
         assert_eq!(checkpoint["offset"], last_offset, "{checkpoint}");
-        assert_eq!(stated(checkpoint), (root, count), "{source}: {checkpoint}");
+        assert_eq!(stated(checkpoint), in_sql, "{source}: {checkpoint}");
     }
     drop(raw);
 
@@ -737,17 +643,13 @@ async fn checkpoints_follow_the_interval_when_input_stops() {
         out.poll(Duration::from_millis(100));
     }
     let before_shutdown = checkpointed(&out.outs);
-    sidecar.sigterm();
-    let status = sidecar.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status}; log:\n{}", sidecar.log());
+    sidecar.stop();
 
     let outs = p.read_all("out", Duration::from_secs(30)).await;
-    let confirmations = by_partition(confirmations(&outs));
-    let checkpoints = by_partition(events(&outs, "checkpoint"));
+    let (confirmations, checkpoints) = by_kind(&outs);
     let mut raw = p.sql.raw().await;
     for partition in 0..3 {
-        let (rows, count) = sql_partition(&mut raw, &source(&p, partition)).await;
-        let root = (merkle_ref::root(&rows), count);
+        let (_, root) = sql_partition(&mut raw, &source(&p, partition)).await;
         assert_eq!(stated(confirmations[&partition].last().unwrap()), root);
         assert_eq!(stated(checkpoints[&partition].last().unwrap()), root);
     }
@@ -789,22 +691,18 @@ async fn an_emptied_partition_states_the_empty_root() {
     let mut sidecar = p.start("");
     let file = pipeline_file(&p);
     p.wait_committed(&ends, Duration::from_secs(90));
-    sidecar.sigterm();
-    let status = sidecar.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status}; log:\n{}", sidecar.log());
+    sidecar.stop();
 
     let outs = p.read_all("out", Duration::from_secs(30)).await;
-    let confirmations = by_partition(confirmations(&outs));
-    let checkpoints = by_partition(events(&outs, "checkpoint"));
+    let (confirmations, checkpoints) = by_kind(&outs);
     let finals = final_sets(&sent);
     let mut raw = p.sql.raw().await;
     for partition in 0..3 {
-        let (rows, count) = sql_partition(&mut raw, &source(&p, partition)).await;
-        let root = (merkle_ref::root(&rows), count);
+        let (_, root) = sql_partition(&mut raw, &source(&p, partition)).await;
         if partition == 0 {
             assert_eq!(root, (merkle_ref::EMPTY_ROOT.to_string(), 0));
         } else {
-            assert_eq!(count as usize, finals[&partition].len());
+            assert_eq!(root.1 as usize, finals[&partition].len());
         }
         let last = confirmations[&partition].last().unwrap();
         assert_eq!(last["last_offset"], ends[&partition] - 1);

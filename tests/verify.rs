@@ -31,26 +31,17 @@ use serde_json::Value;
 use sync_engine::item::content_hash;
 use sync_engine::merkle::{leaf, PartitionDigest, Proof, StateRoot};
 use sync_engine::verify::{Divergence, Kind, Tier};
-use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncEngine, SyncEngineConfig, SyncItem};
+use sync_engine::{CacheTtl, ContentType, SubmitOptions, SyncEngine, SyncItem};
 
+use common::redis::Redis;
 use common::{Backend, Raw};
 
-const PLAIN_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
-const STACK_ENV: &str = "SYNC_ENGINE_TEST_REDIS_STACK_URL";
 const LOCAL: &str = "local";
 const HOUR_MS: i64 = 3_600_000;
 
 // ---------------------------------------------------------------------------------------------
 // Redis, read raw
 // ---------------------------------------------------------------------------------------------
-
-struct Redis {
-    url: String,
-    /// Unique per test, so tests share a server without seeing each other's keys.
-    prefix: String,
-    /// Redis Stack: JSON items are RedisJSON documents.
-    stack: bool,
-}
 
 /// One item key as Redis holds it, whatever its shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,42 +57,8 @@ struct Cached {
     pttl: i64,
 }
 
+/// What these tests read of Redis besides what `Redis` offers every test.
 impl Redis {
-    fn from_env(var: &str) -> Redis {
-        let url = std::env::var(var).unwrap_or_else(|_| {
-            panic!("{var} is not set: run the suite with scripts/test (it starts Redis)")
-        });
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        Redis {
-            url,
-            prefix: format!("verify{}:{nanos}:", std::process::id()),
-            stack: var == STACK_ENV,
-        }
-    }
-
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-
-    fn config(&self, sql: &Backend) -> SyncEngineConfig {
-        SyncEngineConfig {
-            redis_url: Some(self.url.clone()),
-            redis_prefix: Some(self.prefix.clone()),
-            ..sql.config()
-        }
-    }
-
-    fn key(&self, id: &str) -> String {
-        format!("{}{id}", self.prefix)
-    }
-
     /// The ids of every item key under the prefix (meta keys `{prefix}\xff…` left out).
     async fn ids(&self) -> BTreeSet<String> {
         let mut raw = self.raw().await;
@@ -1208,23 +1165,6 @@ async fn cli_stdout_is_only_the_document(redis: Redis) {
         Some(0),
         "prove > proof.json; check-proof proof.json: {ran}"
     );
-}
-
-macro_rules! on_both_redis {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            mod $scenario {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn plain() {
-                    super::$scenario(super::Redis::from_env(super::PLAIN_ENV)).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn stack() {
-                    super::$scenario(super::Redis::from_env(super::STACK_ENV)).await
-                }
-            }
-        )*
-    };
 }
 
 on_both_redis!(

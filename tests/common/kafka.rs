@@ -325,6 +325,13 @@ impl Sidecar {
         self.child.wait().unwrap();
     }
 
+    /// SIGTERM, then a clean exit within 30 s (a failure shows the log).
+    pub fn stop(&mut self) {
+        self.sigterm();
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "{status}; log:\n{}", self.log());
+    }
+
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let end = Instant::now() + deadline;
         loop {

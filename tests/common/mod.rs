@@ -2,8 +2,12 @@
 //!
 //! MariaDB comes from `SYNC_ENGINE_TEST_MYSQL_URL` (set by `scripts/test`); each engine gets
 //! a database of its own on that server, so tests never see each other's rows. A missing
-//! variable fails the test: a skipped backend would look like a pass.
+//! variable fails the test: a skipped backend would look like a pass. The Redis servers are in
+//! `common::redis`; Kafka (kafka.rs) and the reference Merkle implementation (merkle_ref.rs)
+//! are declared by the test binaries that use them.
 #![allow(dead_code)] // each test binary uses its own subset
+
+pub mod redis;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -163,9 +167,45 @@ impl Raw {
             .find(|r| r.id == id.as_bytes())
     }
 
+    /// `(id, content_hash)` of every row of partition `source`, straight from `sync_items`.
+    pub async fn leaves(&mut self, source: &str) -> Vec<(Vec<u8>, String)> {
+        // `source` is VARBINARY / BLOB: bind bytes (a text literal never equals a BLOB in SQLite)
+        let sql = "SELECT id, content_hash FROM sync_items WHERE source = ?";
+        on_raw!(self, conn => {
+            let rows: Vec<(Vec<u8>, String)> =
+                sqlx::query_as(sql).bind(source.as_bytes()).fetch_all(&mut *conn).await.unwrap();
+            rows
+        })
+    }
+
+    /// How many rows partition `source` holds.
+    pub async fn count(&mut self, source: &str) -> u64 {
+        let sql = "SELECT COUNT(*) FROM sync_items WHERE source = ?";
+        let count: i64 = on_raw!(self, conn => {
+            sqlx::query_scalar(sql).bind(source.as_bytes()).fetch_one(&mut *conn).await.unwrap()
+        });
+        count as u64
+    }
+
     /// Runs a statement as is (for corrupting rows on purpose).
     pub async fn execute(&mut self, sql: &str) {
         on_raw!(self, conn => { sqlx::query(sql).execute(&mut *conn).await.unwrap(); })
+    }
+}
+
+/// A small deterministic generator, so a failing sequence can be replayed from its seed.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize].clone()
     }
 }
 
