@@ -4,7 +4,8 @@
 //! 1. **Sidecar throughput, `merkle = true` vs `merkle = false`.** The real `sync-engine run`
 //!    process (`env!("CARGO_BIN_EXE_sync-engine")`, an optimized binary under `cargo bench`)
 //!    against the Kafka-protocol broker, MariaDB and Redis, with the pipeline of
-//!    `benches/sidecar.rs` (`batch_flush_ms = 100`, `batch_flush_count = 1000`,
+//!    `benches/sidecar.rs` (both start it with `benches/common/sidecar.rs`:
+//!    `batch_flush_ms = 100`, `batch_flush_count = 1000`,
 //!    `batch_flush_bytes = 1 MiB`, `l3_filter = false`, `session.timeout.ms = 6000`) plus the
 //!    `merkle` key. N records (1 KiB JSON from `benches/common/payload.rs`, distinct ids, 4
 //!    partitions) are produced once to one input topic before any run. Each run has a fresh
@@ -48,33 +49,18 @@
 mod payload;
 use payload::{payload, ITEM_BYTES};
 
-use std::collections::HashSet;
-use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "common/sidecar.rs"]
+#[allow(dead_code)] // shared with benches/sidecar.rs, which prints more of it
+mod sidecar;
+use sidecar::{
+    cores, list, loadavg, machine_line, median, produce_all, producer, Backlog, ConfirmationReader,
+    Env, Pipe, Process, DEFAULT_TUNING, PARTITIONS, SIDECAR,
+};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde::Deserialize;
-use sqlx::mysql::MySqlConnection;
-use sqlx::Connection;
+use std::time::{Duration, Instant};
+
 use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
-
-const KAFKA_ENV: &str = "SYNC_ENGINE_TEST_KAFKA_BROKERS";
-const MYSQL_ENV: &str = "SYNC_ENGINE_TEST_MYSQL_URL";
-const REDIS_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
-const KAFKA_DEFAULT: &str = "127.0.0.1:19092";
-const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
-const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
-
-const SIDECAR: &str = env!("CARGO_BIN_EXE_sync-engine");
-const PARTITIONS: i32 = 4;
 
 /// Sizes of one bench run: full under `cargo bench`, tiny as a smoke test.
 #[derive(Clone, Copy)]
@@ -99,460 +85,25 @@ const SMOKE: Sizes = Sizes {
     verify_rows: 20_000,
 };
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn list(values: &[f64], decimals: usize) -> String {
-    let v: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
-    v.join(", ")
-}
-
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-// ---------------------------------------------------------------------------------------
-// CPU time from /proc
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime (ticks) of a process.
-fn process_ticks(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = text
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    field(11).unwrap_or(0) + field(12).unwrap_or(0)
-}
-
-/// (busy, total) ticks of the whole machine.
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal
-    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-    (busy, busy + at(3) + at(4))
-}
-
-/// The lowest pid whose `comm` is `comm` and whose command line contains `needle`.
-fn find_pid(comm: &str, needle: &str) -> Option<u32> {
-    let mut found: Vec<u32> = std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let name = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            (name.trim() == comm && String::from_utf8_lossy(&cmdline).contains(needle))
-                .then_some(pid)
-        })
-        .collect();
-    found.sort();
-    found.first().copied()
-}
-
-/// CPU ticks of the sidecar, the services and this process, and of the machine.
-struct CpuSample {
-    at: Instant,
-    /// sidecar, mariadbd, redis-server, tansu, bench
-    ticks: [u64; 5],
-    machine: (u64, u64),
-}
-
-fn cpu_sample(pids: &[Option<u32>; 5]) -> CpuSample {
-    CpuSample {
-        at: Instant::now(),
-        ticks: pids.map(|p| p.map_or(0, process_ticks)),
-        machine: machine_ticks(),
-    }
-}
-
-/// CPU use in a window, in cores.
-#[derive(Clone, Copy, Default)]
-struct CpuWindow {
-    sidecar: f64,
-    mariadbd: f64,
-    /// Busy cores not accounted to the sidecar, the services or the bench: other sessions.
-    other: f64,
-}
-
-fn cpu_window(a: &CpuSample, b: &CpuSample, tck: f64, cores: f64) -> CpuWindow {
-    let wall = (b.at - a.at).as_secs_f64().max(1e-9);
-    let used: Vec<f64> = (0..5)
-        .map(|i| b.ticks[i].saturating_sub(a.ticks[i]) as f64 / tck / wall)
-        .collect();
-    let busy = b.machine.0.saturating_sub(a.machine.0) as f64;
-    let total = b.machine.1.saturating_sub(a.machine.1).max(1) as f64;
-    CpuWindow {
-        sidecar: used[0],
-        mariadbd: used[1],
-        other: (busy / total * cores - used.iter().sum::<f64>()).max(0.0),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// scratch resources: databases, Redis prefixes, topics (all removed at the end)
-
-#[derive(Default)]
-struct Scratch {
-    databases: Vec<String>,
-    prefixes: Vec<String>,
-    topics: Vec<String>,
-}
-
-struct Env {
-    brokers: String,
-    /// `mysql://user@host:port` (no database).
-    server: String,
-    admin_url: String,
-    redis_url: String,
-    redis: redis::aio::MultiplexedConnection,
-    /// Unique to this bench process: part of every name it creates.
-    tag: String,
-    dir: tempfile::TempDir,
-    scratch: Mutex<Scratch>,
-    /// mariadbd, redis-server, tansu, bench (CPU accounting).
-    services: [Option<u32>; 4],
-    tck: f64,
-    cores: f64,
-}
-
-impl Env {
-    fn topic(&self, label: &str) -> String {
-        format!("{}.{label}", self.tag)
-    }
-
-    async fn create_topics(&self, topics: &[String]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .expect("admin client");
-        let new: Vec<NewTopic> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-            .collect();
-        self.scratch
-            .lock()
-            .unwrap()
-            .topics
-            .extend(topics.iter().cloned());
-        for result in admin
-            .create_topics(&new, &AdminOptions::new())
-            .await
-            .expect("create topics")
-        {
-            result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-        }
-    }
-
-    async fn create_database(&self, label: &str) -> String {
-        let db = format!("{}_{label}", self.tag);
-        let mut admin = MySqlConnection::connect(&self.admin_url)
-            .await
-            .expect("connect to MariaDB");
-        self.scratch.lock().unwrap().databases.push(db.clone());
-        sqlx::query(&format!("CREATE DATABASE `{db}`"))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        let _ = admin.close().await;
-        db
-    }
-
-    fn prefix(&self, label: &str) -> String {
-        let prefix = format!("{}:{label}:", self.tag);
-        self.scratch.lock().unwrap().prefixes.push(prefix.clone());
-        prefix
-    }
-
-    /// Rows in a database's `sync_items`.
-    async fn rows(&self, db: &str) -> i64 {
-        let mut conn = MySqlConnection::connect(&format!("{}/{db}", self.server))
-            .await
-            .expect("connect to the run's database");
-        let n = sqlx::query_scalar("SELECT COUNT(*) FROM sync_items")
-            .fetch_one(&mut conn)
-            .await
-            .expect("count rows");
-        let _ = conn.close().await;
-        n
-    }
-
-    async fn drop_database(&self, db: &str) -> bool {
-        let Ok(mut admin) = MySqlConnection::connect(&self.admin_url).await else {
-            return false;
-        };
-        let ok = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
-            .execute(&mut admin)
-            .await
-            .is_ok();
-        let _ = admin.close().await;
-        if ok {
-            self.scratch.lock().unwrap().databases.retain(|d| d != db);
-        }
-        ok
-    }
-
-    /// UNLINKs every key under `prefix`; returns how many there were.
-    async fn unlink_prefix(&self, prefix: &str) -> redis::RedisResult<usize> {
-        let mut conn = self.redis.clone();
-        let pattern = format!("{prefix}*");
-        let (mut cursor, mut removed) = (0u64, 0usize);
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                removed += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<usize>(&mut conn)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        self.scratch
-            .lock()
-            .unwrap()
-            .prefixes
-            .retain(|p| p != prefix);
-        Ok(removed)
-    }
-
-    /// Deletes topics (best effort: the broker may not support it).
-    async fn delete_topics(&self, topics: &[String]) {
-        if let Ok(admin) = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create::<AdminClient<DefaultClientContext>>()
-        {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                admin.delete_topics(&names, &options),
-            )
-            .await;
-        }
-        self.scratch
-            .lock()
-            .unwrap()
-            .topics
-            .retain(|t| !topics.contains(t));
-    }
-
-    /// Removes everything still listed in the scratch.
-    async fn cleanup(&self) {
-        let (databases, prefixes, topics) = {
-            let s = self.scratch.lock().unwrap();
-            (s.databases.clone(), s.prefixes.clone(), s.topics.clone())
-        };
-        for db in databases {
-            if !self.drop_database(&db).await {
-                eprintln!("could not drop bench database {db}");
-            }
-        }
-        for prefix in prefixes {
-            if let Err(e) = self.unlink_prefix(&prefix).await {
-                eprintln!("could not remove Redis keys {prefix}*: {e}");
-            }
-        }
-        if !topics.is_empty() {
-            self.delete_topics(&topics).await;
-        }
-    }
-
-    /// A pipeline file for `sync-engine run` / `verify`.
-    fn pipeline(&self, label: &str, engine: &str, kafka: &str) -> PathBuf {
-        let file = self.dir.path().join(format!("{label}.toml"));
-        let text = format!(
-            "{engine}redis_url = \"{}\"\nl3_filter = false\n\n[kafka]\nbrokers = \"{}\"\n{kafka}",
-            self.redis_url, self.brokers
-        );
-        std::fs::write(&file, text).expect("write the pipeline file");
-        file
-    }
-}
-
-/// A `sync-engine` process; killed when dropped (a panicking bench leaves none behind).
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(env: &Env, label: &str, args: &[&str], pipeline: &Path) -> Process {
-        let log = env.dir.path().join(format!("{label}.log"));
-        let out = std::fs::File::create(&log).expect("create the log file");
-        let child = Command::new(SIDECAR)
-            .args(args)
-            .arg("--pipeline")
-            .arg(pipeline)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn sync-engine");
-        Process { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the exit (`deadline` at most); returns whether it exited successfully.
-    fn wait(&mut self, deadline: Duration) -> bool {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < end,
-                "sync-engine did not exit; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM (the sidecar drains, confirms and commits), then waits for the exit.
-    fn stop(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.wait(Duration::from_secs(60))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. sidecar throughput, merkle on vs off
 
-/// Produces N records to `topic`, delivery awaited.
-async fn produce(brokers: &str, topic: &str, n: usize) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut deliveries = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let (id, value) = (format!("item.{i:08}"), payload(i));
-        let mut record = FutureRecord::to(topic).key(id.as_str()).payload(&value);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => break deliveries.push(delivery),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    // a full local queue: let librdkafka drain it
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => panic!("enqueue failed: {e}"),
-            }
-        }
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("delivery canceled")
-            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
-    }
-}
-
-/// The parts of an output-topic event the bench needs.
-#[derive(Deserialize)]
-struct OutputEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    partition: i32,
-    #[serde(default)]
-    items: Vec<ConfirmedOffset>,
-}
-
-#[derive(Deserialize)]
-struct ConfirmedOffset {
-    offset: i64,
-}
-
 struct ThroughputRun {
     merkle: bool,
-    n: usize,
-    /// Spawn → first confirmation, and the items it listed.
-    to_first: Duration,
-    first_items: usize,
-    /// Spawn → all N confirmed.
-    total: Duration,
-    cpu: CpuWindow,
+    backlog: Backlog,
 }
 
 impl ThroughputRun {
-    fn end_to_end(&self) -> f64 {
-        self.n as f64 / self.total.as_secs_f64()
+    /// CPU µs per item of a watched process (`sidecar`, `mariadbd`) in the steady window.
+    fn cpu_us(&self, label: &str) -> f64 {
+        let b = &self.backlog;
+        b.cpu.get(label) / 100.0 * (b.total - b.to_first).as_secs_f64() * 1e6
+            / b.steady_items() as f64
     }
 
-    fn steady_items(&self) -> usize {
-        self.n - self.first_items
-    }
-
-    fn steady(&self) -> f64 {
-        self.steady_items() as f64 / (self.total - self.to_first).as_secs_f64()
-    }
-
-    /// CPU µs per item in the steady window.
-    fn cpu_us(&self, cores: f64) -> f64 {
-        cores * (self.total - self.to_first).as_secs_f64() * 1e6 / self.steady_items() as f64
+    /// Busy cores not accounted to the sidecar, the services or the bench: other sessions.
+    fn other_load(&self) -> f64 {
+        self.backlog.cpu.other / 100.0
     }
 }
 
@@ -564,75 +115,14 @@ async fn throughput_run(
     n: usize,
 ) -> ThroughputRun {
     let label = format!("{}{run}", if merkle { "on" } else { "off" });
-    let (output, dlq) = (
-        env.topic(&format!("{label}.out")),
-        env.topic(&format!("{label}.dlq")),
-    );
-    env.create_topics(&[output.clone(), dlq.clone()]).await;
-    let db = env.create_database(&label).await;
-    let prefix = env.prefix(&label);
-    let pipeline = env.pipeline(
-        &label,
-        &format!(
-            "sql_url = \"{}/{db}\"\nredis_prefix = \"{prefix}\"\nmerkle = {merkle}\n\
-             batch_flush_ms = 100\nbatch_flush_count = 1000\nbatch_flush_bytes = 1048576\n",
-            env.server
-        ),
-        &format!(
-            "group_id = \"{output}.group\"\ninput_topic = \"{input}\"\noutput_topic = \"{output}\"\n\
-             dlq_topic = \"{dlq}\"\n\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\
-             \"heartbeat.interval.ms\" = \"500\"\n\n[kafka.producer]\n\"linger.ms\" = \"5\"\n"
-        ),
-    );
-
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("group.id", format!("{output}.reader"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .expect("reader");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(&output, p, Offset::Beginning)
-            .expect("partition");
-    }
-    reader.assign(&tpl).expect("assign");
-
+    let pipe = Pipe::new(env, &label, Some(input)).await;
+    let reader = ConfirmationReader::start(env, &pipe.output(env));
     let start = Instant::now();
-    let mut sidecar = Process::spawn(env, &label, &["run"], &pipeline);
-    let [mariadbd, redis, tansu, bench] = env.services;
-    let pids = [Some(sidecar.child.id()), mariadbd, redis, tansu, bench];
-    let mut confirmed: HashSet<(i32, i64)> = HashSet::with_capacity(n);
-    let mut first: Option<(Duration, usize, CpuSample)> = None;
-    let deadline = start + Duration::from_secs(300);
-    while confirmed.len() < n {
-        while let Some(message) = reader.poll(Duration::ZERO) {
-            let Ok(message) = message else { continue }; // librdkafka retries
-            let event: OutputEvent = serde_json::from_slice(message.payload().unwrap_or_default())
-                .expect("an output event");
-            if event.kind == "checkpoint" {
-                continue;
-            }
-            if first.is_none() {
-                first = Some((start.elapsed(), event.items.len(), cpu_sample(&pids)));
-            }
-            confirmed.extend(event.items.iter().map(|i| (event.partition, i.offset)));
-        }
-        if let Ok(Some(status)) = sidecar.child.try_wait() {
-            panic!("the sidecar exited ({status}); its log:\n{}", sidecar.log());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{label}: {} of {n} confirmed after 300 s; sidecar log:\n{}",
-            confirmed.len(),
-            sidecar.log()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let (total, end) = (start.elapsed(), cpu_sample(&pids));
-    let (to_first, first_items, begin) = first.expect("a first confirmation");
-    if !sidecar.stop() {
+    let mut sidecar = pipe.start(env, DEFAULT_TUNING, &format!("merkle = {merkle}\n"));
+    let backlog = reader
+        .all_confirmed(env, &label, &mut sidecar, start, n)
+        .await;
+    if !sidecar.stop().success() {
         println!(
             "      WARNING {label}: unclean exit; log:\n{}",
             sidecar.log()
@@ -640,32 +130,22 @@ async fn throughput_run(
     }
     drop(reader);
 
-    let rows = env.rows(&db).await;
-    let keys = env.unlink_prefix(&prefix).await.unwrap_or(0);
-    env.drop_database(&db).await;
-    env.delete_topics(&[output, dlq]).await;
+    let (rows, keys) = pipe.finish(env).await;
     if rows != n as i64 || keys < n {
         println!("      WARNING {label}: {rows} rows in MariaDB, {keys} Redis keys (expected {n})");
     }
-    let run = ThroughputRun {
-        merkle,
-        n,
-        to_first,
-        first_items,
-        total,
-        cpu: cpu_window(&begin, &end, env.tck, env.cores),
-    };
+    let run = ThroughputRun { merkle, backlog };
     println!(
         "  merkle = {:<5}: {:>6.0} items/s steady, {:>6.0} end-to-end (first confirmation at {:.2} s, \
          all at {:.2} s) | CPU µs/item: sidecar {:.0}, mariadbd {:.0}; other load {:.2} cores",
         merkle,
-        run.steady(),
-        run.end_to_end(),
-        to_first.as_secs_f64(),
-        total.as_secs_f64(),
-        run.cpu_us(run.cpu.sidecar),
-        run.cpu_us(run.cpu.mariadbd),
-        run.cpu.other
+        run.backlog.steady(),
+        run.backlog.rate(),
+        run.backlog.to_first.as_secs_f64(),
+        run.backlog.total.as_secs_f64(),
+        run.cpu_us("sidecar"),
+        run.cpu_us("mariadbd"),
+        run.other_load()
     );
     run
 }
@@ -765,17 +245,10 @@ async fn verify_bench(env: &Env, rows: usize) -> VerifyBench {
     runs.push(timed_verify(&with_redis, "with Redis", rows).await);
     with_redis.shutdown().await;
 
-    let pipeline = env.pipeline(
-        "verify",
-        &format!(
-            "sql_url = \"{}/{db}\"\nredis_prefix = \"{prefix}\"\n",
-            env.server
-        ),
-        "",
-    );
+    let pipeline = env.pipeline("verify", &db, &prefix, "", "");
     let start = Instant::now();
     let mut process = Process::spawn(env, "verify", &["verify"], &pipeline);
-    let ok = process.wait(Duration::from_secs(1800));
+    let ok = process.wait(Duration::from_secs(1800)).success();
     let wall = start.elapsed().as_secs_f64();
     let log = process.log();
     // "verified N rows in X s (Y rows/s)"
@@ -819,7 +292,8 @@ async fn bench(env: &Env, sizes: Sizes) {
     let input = env.topic("in");
     env.create_topics(std::slice::from_ref(&input)).await;
     let t = Instant::now();
-    produce(&env.brokers, &input, n).await;
+    let records = (0..n as u64).map(|i| (format!("item.{i:08}"), payload(i)));
+    produce_all(&producer(&env.brokers), &input, records).await;
     println!(
         "  produced {n} records in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -839,10 +313,11 @@ async fn bench(env: &Env, sizes: Sizes) {
     let of = |merkle: bool| -> Vec<&ThroughputRun> {
         runs.iter().filter(|r| r.merkle == merkle).collect()
     };
-    let steady = |merkle: bool| -> Vec<f64> { of(merkle).iter().map(|r| r.steady()).collect() };
+    let steady =
+        |merkle: bool| -> Vec<f64> { of(merkle).iter().map(|r| r.backlog.steady()).collect() };
     let pair_ratios: Vec<f64> = runs
         .chunks(2)
-        .map(|pair| pair[1].steady() / pair[0].steady())
+        .map(|pair| pair[1].backlog.steady() / pair[0].backlog.steady())
         .collect();
     let ratio = median(&steady(false)) / median(&steady(true));
     println!();
@@ -865,9 +340,9 @@ async fn bench(env: &Env, sizes: Sizes) {
             "   merkle = {:<6} {:>14.0} {:>14.0} {:>13.0} {:>14.0}   {}",
             merkle,
             median(&steady(merkle)),
-            m(&ThroughputRun::end_to_end),
-            m(&|r| r.cpu_us(r.cpu.sidecar)),
-            m(&|r| r.cpu_us(r.cpu.mariadbd)),
+            m(&|r| r.backlog.rate()),
+            m(&|r| r.cpu_us("sidecar")),
+            m(&|r| r.cpu_us("mariadbd")),
             list(&steady(merkle), 0)
         );
     }
@@ -882,11 +357,11 @@ async fn bench(env: &Env, sizes: Sizes) {
         (1.0 - 1.0 / median(&pair_ratios)) * 100.0,
         (1.0 - 1.0 / ratio) * 100.0
     );
-    let other: Vec<f64> = runs.iter().map(|r| r.cpu.other).collect();
+    let other: Vec<f64> = runs.iter().map(ThroughputRun::other_load).collect();
     println!(
         "   other load during the steady windows: {} cores (of {})",
         list(&other, 2),
-        env.cores
+        cores()
     );
     println!(
         "2. verify on {} rows (partition `local`, 1 KiB JSON, Redis holds every row)",
@@ -914,111 +389,12 @@ async fn bench(env: &Env, sizes: Sizes) {
             sizes.verify_rows as f64 / s
         ))
     );
-    println!(
-        "machine: {} cores; load average before {load_before}, after {}; bench wall time {:.0} s",
-        env.cores,
-        loadavg(),
-        started.elapsed().as_secs_f64()
-    );
+    println!("{}", machine_line(&load_before, started));
     println!("=======================================================================");
 }
 
-/// Whether a TCP address answers.
-fn reachable(address: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
-}
-
-/// `host:port` of a `scheme://[user@]host:port[/…]` URL.
-fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest).to_string()
-}
-
-/// The port of `host:port` or `scheme://host:port[/…]`.
-fn port(address: &str) -> String {
-    host_port(address)
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    if has("--list") {
-        return;
-    }
-    let benchmarking = has("--bench") && !has("--test");
-    let sizes = if benchmarking { FULL } else { SMOKE };
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    let (brokers, mysql_url, redis_url) = (
-        var(KAFKA_ENV, KAFKA_DEFAULT),
-        var(MYSQL_ENV, MYSQL_DEFAULT),
-        var(REDIS_ENV, REDIS_DEFAULT),
-    );
-    let kafka = brokers.split(',').next().unwrap_or_default().to_string();
-    for (name, address) in [
-        ("Kafka", kafka.clone()),
-        ("MariaDB", host_port(&mysql_url)),
-        ("Redis", host_port(&redis_url)),
-    ] {
-        if !reachable(&address) {
-            println!("note: {name} at {address} cannot be reached: merkle bench skipped");
-            return;
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (server, _) = mysql_url
-        .rsplit_once('/')
-        .filter(|(server, _)| server.contains("://"))
-        .unwrap_or_else(|| panic!("{MYSQL_ENV} must look like mysql://user@host:port/db"));
-    let redis = runtime
-        .block_on(async {
-            redis::Client::open(redis_url.as_str())?
-                .get_multiplexed_async_connection()
-                .await
-        })
-        .expect("connect to Redis");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let env = Env {
-        services: [
-            find_pid("mariadbd", ""),
-            find_pid("redis-server", &format!(":{}", port(&redis_url))),
-            find_pid("tansu", &port(&kafka)),
-            Some(std::process::id()),
-        ],
-        brokers,
-        server: server.to_string(),
-        admin_url: mysql_url.clone(),
-        redis_url,
-        redis,
-        tag: format!("mkbench{}x{nanos}", std::process::id()),
-        dir: tempfile::tempdir().expect("tempdir"),
-        scratch: Mutex::default(),
-        tck: clock_ticks(),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
-    };
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(bench(&env, sizes))));
-    runtime.block_on(env.cleanup());
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    if !benchmarking {
-        println!("(smoke run with small sizes: run `cargo bench --bench merkle` for numbers)");
-    }
+    sidecar::main("merkle", "mkbench", |env, benchmarking| {
+        Box::pin(bench(env, if benchmarking { FULL } else { SMOKE }))
+    });
 }

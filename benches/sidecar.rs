@@ -3,7 +3,7 @@
 //!
 //! The process is `env!("CARGO_BIN_EXE_sync-engine")`: under `cargo bench` cargo builds it
 //! with the `bench` profile (which inherits `release`), so it is an optimized binary. Items
-//! are 1 KiB JSON customer records (the generator of `benches/engine.rs`), distinct ids,
+//! are 1 KiB JSON customer records (`benches/common/payload.rs`), distinct ids,
 //! no headers (route redis+sql, state `default`). The pipeline mirrors
 //! `pipelines/default.toml` (`batch_flush_ms = 100`, `batch_flush_count = 1000`,
 //! `batch_flush_bytes = 1 MiB`, `l3_filter = false`, producer `linger.ms = 5`), with
@@ -21,7 +21,7 @@
 //!    (N − items of the first confirmation) / (first confirmation → all confirmed).
 //!    Median of `runs`. The rows in MariaDB and the keys in Redis are counted afterwards.
 //!    Per run the bench also reads the N input records back with a plain consumer: the
-//!    broker's read ceiling.
+//!    broker's read ceiling. The reader skips the checkpoint events on the output topic.
 //! 2. **Latency.** A fresh sidecar; 100 warm-up records are produced and confirmed (so the
 //!    group has joined); then records are produced at a steady rate (half the median
 //!    throughput) for `latency_secs`. Each send is stamped with `Instant::now()` when it is
@@ -56,37 +56,23 @@
 mod payload;
 use payload::{payload, ITEM_BYTES};
 
-use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "common/sidecar.rs"]
+mod sidecar;
+use sidecar::{
+    cpu_split, list, loadavg, machine_line, median, produce_all, producer, snapshot, Backlog,
+    ConfirmationReader, CpuSplit, Env, Pipe, Tuning, DEFAULT_TUNING, PARTITIONS, SIDECAR,
+};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureRecord;
 use sqlx::mysql::MySqlConnection;
 use sqlx::Connection;
 use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
 
-const KAFKA_ENV: &str = "SYNC_ENGINE_TEST_KAFKA_BROKERS";
-const MYSQL_ENV: &str = "SYNC_ENGINE_TEST_MYSQL_URL";
-const REDIS_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
-const KAFKA_DEFAULT: &str = "127.0.0.1:19092";
-const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
-const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
-
-const SIDECAR: &str = env!("CARGO_BIN_EXE_sync-engine");
-
-/// Payload size of every item.
-const PARTITIONS: i32 = 4;
 /// Records produced and confirmed before the latency measurement starts.
 const WARMUP_RECORDS: usize = 100;
 /// The raw ceiling's statement, transaction and pipeline sizes.
@@ -120,39 +106,6 @@ const SMOKE: Sizes = Sizes {
     variants: false,
 };
 
-/// The sidecar's checkpoint triggers, and its consumer's `fetch.wait.max.ms` (librdkafka's
-/// default, 500 ms, when `None`).
-#[derive(Clone, Copy, Debug)]
-struct Tuning {
-    ms: u64,
-    count: usize,
-    bytes: usize,
-    fetch_wait_ms: Option<u64>,
-}
-
-const DEFAULT_TUNING: Tuning = Tuning {
-    ms: 100,
-    count: 1000,
-    bytes: 1_048_576,
-    fetch_wait_ms: None,
-};
-
-// ---------------------------------------------------------------------------------------
-// payloads
-
-// ---------------------------------------------------------------------------------------
-// statistics
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -162,736 +115,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn list(values: &[f64], decimals: usize) -> String {
-    values
-        .iter()
-        .map(|v| format!("{v:.decimals$}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-// ---------------------------------------------------------------------------------------
-// CPU accounting from /proc
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime (ticks) of a process or thread, from its `stat` file.
-fn stat_ticks(stat_path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    // after the command name: state is field 3, utime field 14, stime field 15
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// (busy, iowait, total) ticks of the whole machine.
-fn machine_ticks() -> (u64, u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal
-    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-    (busy, at(4), busy + at(3) + at(4))
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// The first process whose `comm` is `comm` and whose command line contains `needle`.
-fn find_pid(comm: &str, needle: &str) -> Option<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if name.trim() != comm {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            found.push(pid);
-        }
-    }
-    found.sort();
-    found.first().copied()
-}
-
-/// The processes whose CPU time is reported (the sidecar is added per run).
-#[derive(Clone)]
-struct Watched {
-    procs: Vec<(&'static str, u32)>,
-}
-
-impl Watched {
-    fn find(brokers: &str, redis_url: &str) -> Watched {
-        let kafka_port = brokers.rsplit(':').next().unwrap_or("19092").to_string();
-        let redis_port = redis_url
-            .trim_end_matches('/')
-            .rsplit(':')
-            .next()
-            .unwrap_or("6379")
-            .split('/')
-            .next()
-            .unwrap_or("6379")
-            .to_string();
-        let mut procs = Vec::new();
-        for (label, comm, needle) in [
-            ("tansu", "tansu", kafka_port),
-            ("mariadbd", "mariadbd", String::new()),
-            ("redis", "redis-server", format!(":{redis_port}")),
-        ] {
-            match find_pid(comm, &needle) {
-                Some(pid) => procs.push((label, pid)),
-                None => eprintln!("note: no {comm} process found; its CPU is not reported"),
-            }
-        }
-        procs.push(("bench", std::process::id()));
-        Watched { procs }
-    }
-}
-
-struct CpuSnapshot {
-    at: Instant,
-    procs: Vec<(&'static str, u64)>,
-    /// The sidecar's threads: (tid, name, ticks).
-    threads: Vec<(u32, String, u64)>,
-    machine: (u64, u64, u64),
-}
-
-fn snapshot(watched: &Watched, sidecar: u32) -> CpuSnapshot {
-    let mut procs: Vec<(&'static str, u64)> = vec![(
-        "sidecar",
-        stat_ticks(&PathBuf::from(format!("/proc/{sidecar}/stat"))).unwrap_or(0),
-    )];
-    for (label, pid) in &watched.procs {
-        let ticks = stat_ticks(&PathBuf::from(format!("/proc/{pid}/stat"))).unwrap_or(0);
-        procs.push((label, ticks));
-    }
-    let mut threads = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{sidecar}/task")) {
-        for entry in dir.flatten() {
-            let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if let Some(ticks) = stat_ticks(&entry.path().join("stat")) {
-                threads.push((tid, name.trim().to_string(), ticks));
-            }
-        }
-    }
-    CpuSnapshot {
-        at: Instant::now(),
-        procs,
-        threads,
-        machine: machine_ticks(),
-    }
-}
-
-/// CPU use over a window, in % of one core (machine: % of all cores).
-#[derive(Clone, Debug, Default)]
-struct CpuSplit {
-    wall: f64,
-    procs: Vec<(&'static str, f64)>,
-    /// The sidecar's busiest threads.
-    threads: Vec<(String, f64)>,
-    machine_busy: f64,
-    machine_iowait: f64,
-    /// Busy CPU not accounted to any watched process, in % of one core.
-    other: f64,
-}
-
-fn cpu_split(a: &CpuSnapshot, b: &CpuSnapshot, tck: f64) -> CpuSplit {
-    let wall = (b.at - a.at).as_secs_f64().max(1e-9);
-    let pct = |ticks: u64| ticks as f64 / tck / wall * 100.0;
-    let procs: Vec<(&'static str, f64)> = b
-        .procs
-        .iter()
-        .zip(&a.procs)
-        .map(|((label, after), (_, before))| (*label, pct(after.saturating_sub(*before))))
-        .collect();
-    let before: HashMap<u32, u64> = a.threads.iter().map(|(t, _, k)| (*t, *k)).collect();
-    let mut threads: Vec<(String, f64)> = b
-        .threads
-        .iter()
-        .map(|(tid, name, ticks)| {
-            let d = ticks.saturating_sub(before.get(tid).copied().unwrap_or(0));
-            (format!("{name}/{tid}"), pct(d))
-        })
-        .collect();
-    threads.sort_by(|x, y| y.1.total_cmp(&x.1));
-    threads.truncate(4);
-    let (busy, iowait, total) = (
-        b.machine.0.saturating_sub(a.machine.0),
-        b.machine.1.saturating_sub(a.machine.1),
-        b.machine.2.saturating_sub(a.machine.2).max(1),
-    );
-    let machine_busy = busy as f64 / total as f64 * 100.0;
-    let machine_iowait = iowait as f64 / total as f64 * 100.0;
-    let accounted: f64 = procs.iter().map(|(_, p)| p).sum();
-    let other = (pct(busy) - accounted).max(0.0);
-    CpuSplit {
-        wall,
-        procs,
-        threads,
-        machine_busy,
-        machine_iowait,
-        other,
-    }
-}
-
-impl CpuSplit {
-    fn line(&self) -> String {
-        let procs: Vec<String> = self
-            .procs
-            .iter()
-            .map(|(l, p)| format!("{l} {p:.0}%"))
-            .collect();
-        format!(
-            "{:.1} s window: {}, other {:.0}% (of one core) | machine {:.0}% of {} cores busy, iowait {:.0}%",
-            self.wall,
-            procs.join(", "),
-            self.other,
-            self.machine_busy,
-            cores(),
-            self.machine_iowait
-        )
-    }
-
-    fn threads_line(&self) -> String {
-        self.threads
-            .iter()
-            .map(|(n, p)| format!("{n} {p:.0}%"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// A note when processes other than the watched ones used more than a quarter of a core
-    /// (other sessions' builds or tests): the window's numbers are not clean.
-    fn disturbed(&self) -> String {
-        if self.other > 25.0 {
-            format!(" [DISTURBED: other processes {:.0}% of a core]", self.other)
-        } else {
-            String::new()
-        }
-    }
-
-    fn get(&self, label: &str) -> f64 {
-        self.procs
-            .iter()
-            .find(|(l, _)| *l == label)
-            .map_or(0.0, |(_, p)| *p)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// scratch resources: databases, Redis prefixes, topics
-
-#[derive(Default)]
-struct Scratch {
-    databases: Vec<String>,
-    prefixes: Vec<String>,
-    topics: Vec<String>,
-}
-
-struct Env {
-    brokers: String,
-    /// `mysql://user@host:port` (no database).
-    server: String,
-    admin_url: String,
-    redis_url: String,
-    redis: redis::aio::MultiplexedConnection,
-    /// Unique to this bench process: part of every name it creates.
-    tag: String,
-    dir: tempfile::TempDir,
-    scratch: Mutex<Scratch>,
-    watched: Watched,
-    tck: f64,
-}
-
-impl Env {
-    fn topic(&self, label: &str, kind: &str) -> String {
-        format!("{}.{label}.{kind}", self.tag)
-    }
-
-    async fn create_topics(&self, topics: &[String]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .expect("admin client");
-        let new: Vec<NewTopic> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-            .collect();
-        self.scratch
-            .lock()
-            .unwrap()
-            .topics
-            .extend(topics.iter().cloned());
-        for result in admin
-            .create_topics(&new, &AdminOptions::new())
-            .await
-            .expect("create topics")
-        {
-            result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-        }
-    }
-
-    async fn create_database(&self, label: &str) -> String {
-        let db = format!("{}_{label}", self.tag.replace(['.', '-'], "_"));
-        let mut admin = MySqlConnection::connect(&self.admin_url)
-            .await
-            .expect("connect to MariaDB");
-        self.scratch.lock().unwrap().databases.push(db.clone());
-        sqlx::query(&format!("CREATE DATABASE `{db}`"))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        let _ = admin.close().await;
-        db
-    }
-
-    fn prefix(&self, label: &str) -> String {
-        let prefix = format!("{}:{label}:", self.tag);
-        self.scratch.lock().unwrap().prefixes.push(prefix.clone());
-        prefix
-    }
-
-    /// Drops a database; returns whether it was dropped.
-    async fn drop_database(&self, db: &str) -> bool {
-        let Ok(mut admin) = MySqlConnection::connect(&self.admin_url).await else {
-            return false;
-        };
-        let ok = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
-            .execute(&mut admin)
-            .await
-            .is_ok();
-        let _ = admin.close().await;
-        if ok {
-            self.scratch.lock().unwrap().databases.retain(|d| d != db);
-        }
-        ok
-    }
-
-    /// UNLINKs every key under `prefix`; returns how many there were.
-    async fn unlink_prefix(&self, prefix: &str) -> redis::RedisResult<usize> {
-        let mut conn = self.redis.clone();
-        let pattern = format!("{prefix}*");
-        let (mut cursor, mut removed) = (0u64, 0usize);
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                removed += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<usize>(&mut conn)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        self.scratch
-            .lock()
-            .unwrap()
-            .prefixes
-            .retain(|p| p != prefix);
-        Ok(removed)
-    }
-
-    /// Deletes topics (best effort: the broker may not support it).
-    async fn delete_topics(&self, topics: &[String]) {
-        let Ok(admin) = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create::<AdminClient<DefaultClientContext>>()
-        else {
-            return;
-        };
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            admin.delete_topics(&names, &options),
-        )
-        .await;
-        self.scratch
-            .lock()
-            .unwrap()
-            .topics
-            .retain(|t| !topics.contains(t));
-    }
-
-    /// Removes everything still listed in the scratch.
-    async fn cleanup(&self) {
-        let (databases, prefixes, topics) = {
-            let s = self.scratch.lock().unwrap();
-            (s.databases.clone(), s.prefixes.clone(), s.topics.clone())
-        };
-        for db in databases {
-            if !self.drop_database(&db).await {
-                eprintln!("could not drop bench database {db}");
-            }
-        }
-        for prefix in prefixes {
-            if let Err(e) = self.unlink_prefix(&prefix).await {
-                eprintln!("could not remove Redis keys {prefix}*: {e}");
-            }
-        }
-        if !topics.is_empty() {
-            self.delete_topics(&topics).await;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// one pipeline: topics, database, prefix, sidecar process
-
-struct Pipe {
-    label: String,
-    db: String,
-    prefix: String,
-}
-
-impl Pipe {
-    async fn new(env: &Env, label: &str) -> Pipe {
-        let topics: Vec<String> = ["in", "out", "dlq"]
-            .iter()
-            .map(|k| env.topic(label, k))
-            .collect();
-        env.create_topics(&topics).await;
-        Pipe {
-            label: label.to_string(),
-            db: env.create_database(label).await,
-            prefix: env.prefix(label),
-        }
-    }
-
-    fn topic(&self, env: &Env, kind: &str) -> String {
-        env.topic(&self.label, kind)
-    }
-
-    fn start(&self, env: &Env, flush: Tuning) -> Sidecar {
-        let file = env.dir.path().join(format!("{}.toml", self.label));
-        std::fs::write(
-            &file,
-            format!(
-                r#"sql_url = "{server}/{db}"
-redis_url = "{redis}"
-redis_prefix = "{prefix}"
-batch_flush_ms = {ms}
-batch_flush_count = {count}
-batch_flush_bytes = {bytes}
-l3_filter = false
-
-[kafka]
-brokers = "{brokers}"
-group_id = "{input}.group"
-input_topic = "{input}"
-output_topic = "{output}"
-dlq_topic = "{dlq}"
-
-[kafka.consumer]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-{fetch_wait}
-[kafka.producer]
-"linger.ms" = "5"
-"#,
-                server = env.server,
-                db = self.db,
-                redis = env.redis_url,
-                prefix = self.prefix,
-                ms = flush.ms,
-                count = flush.count,
-                bytes = flush.bytes,
-                brokers = env.brokers,
-                input = self.topic(env, "in"),
-                output = self.topic(env, "out"),
-                dlq = self.topic(env, "dlq"),
-                fetch_wait = flush.fetch_wait_ms.map_or(String::new(), |ms| format!(
-                    "\"fetch.wait.max.ms\" = \"{ms}\"\n"
-                )),
-            ),
-        )
-        .expect("write the pipeline file");
-        let log = env.dir.path().join(format!("{}.log", self.label));
-        let out = std::fs::File::create(&log).expect("create the log file");
-        let child = Command::new(SIDECAR)
-            .args(["run", "--pipeline"])
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn the sidecar");
-        Sidecar { child, log }
-    }
-
-    /// Rows in the pipeline's `sync_items`.
-    async fn rows(&self, env: &Env) -> i64 {
-        let mut conn = MySqlConnection::connect(&format!("{}/{}", env.server, self.db))
-            .await
-            .expect("connect to the pipeline's database");
-        let n = sqlx::query_scalar("SELECT COUNT(*) FROM sync_items")
-            .fetch_one(&mut conn)
-            .await
-            .expect("count rows");
-        let _ = conn.close().await;
-        n
-    }
-
-    /// Checks rows and keys, removes the database, keys and topics; returns (rows, keys).
-    async fn finish(self, env: &Env) -> (i64, usize) {
-        let rows = self.rows(env).await;
-        let keys = env.unlink_prefix(&self.prefix).await.unwrap_or(0);
-        env.drop_database(&self.db).await;
-        let topics: Vec<String> = ["in", "out", "dlq"]
-            .iter()
-            .map(|k| self.topic(env, k))
-            .collect();
-        env.delete_topics(&topics).await;
-        (rows, keys)
-    }
-}
-
-/// One `sync-engine run` process; killed when dropped (a panicking bench leaves none behind).
-struct Sidecar {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Sidecar {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("the sidecar exited ({status}); its log:\n{}", self.log());
-        }
-    }
-
-    /// SIGTERM (drain, confirm, commit), then waits for the exit.
-    fn stop(mut self) -> (ExitStatus, String) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return (status, self.log());
-            }
-            assert!(
-                Instant::now() < end,
-                "the sidecar did not exit after SIGTERM; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Kafka: producing, reading confirmations
-
-fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
-}
-
-/// Produces `(id, payload)` records to `topic`; returns the (partition, offset) of each.
-async fn produce_all(producer: &FutureProducer, topic: &str, records: &[(String, Vec<u8>)]) {
-    let mut deliveries = Vec::with_capacity(records.len());
-    for (id, value) in records {
-        let mut record = FutureRecord::to(topic)
-            .key(id.as_str())
-            .payload(value.as_slice());
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err((e, back)) => {
-                    // a full local queue: let librdkafka drain it
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "enqueue failed: {e}"
-                    );
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    }
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("delivery canceled")
-            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
-    }
-}
-
-/// The parts of a confirmation event the bench needs.
-#[derive(Deserialize)]
-struct ConfirmationEvent {
-    partition: i32,
-    items: Vec<ConfirmedOffset>,
-}
-
-#[derive(Deserialize)]
-struct ConfirmedOffset {
-    offset: i64,
-}
-
-#[derive(Default)]
-struct Confirmed {
-    /// Arrival of the first confirmation and how many items it listed.
-    first: Option<(Instant, usize)>,
-    /// First arrival of a confirmation for each (partition, offset).
-    arrivals: HashMap<(i32, i64), Instant>,
-    events: usize,
-    repeated: usize,
-}
-
-/// A reader of the whole output topic on a thread of its own.
-struct ConfirmationReader {
-    shared: Arc<Mutex<Confirmed>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ConfirmationReader {
-    fn start(env: &Env, topic: &str) -> ConfirmationReader {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &env.brokers)
-            .set("group.id", format!("{topic}.reader"))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "20")
-            .create()
-            .expect("reader");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("partition");
-        }
-        consumer.assign(&tpl).expect("assign");
-        let shared = Arc::new(Mutex::new(Confirmed::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (state, flag) = (shared.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                let Some(message) = consumer.poll(Duration::from_millis(50)) else {
-                    continue;
-                };
-                let now = Instant::now();
-                let Ok(message) = message else {
-                    continue; // librdkafka retries
-                };
-                let event: ConfirmationEvent =
-                    serde_json::from_slice(message.payload().unwrap_or_default())
-                        .expect("a confirmation event");
-                let mut s = state.lock().unwrap();
-                s.events += 1;
-                s.first.get_or_insert((now, event.items.len()));
-                for item in &event.items {
-                    let mut new = false;
-                    s.arrivals
-                        .entry((event.partition, item.offset))
-                        .or_insert_with(|| {
-                            new = true;
-                            now
-                        });
-                    if !new {
-                        s.repeated += 1;
-                    }
-                }
-            }
-        });
-        ConfirmationReader {
-            shared,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.shared.lock().unwrap().arrivals.len()
-    }
-
-    fn first(&self) -> Option<(Instant, usize)> {
-        self.shared.lock().unwrap().first
-    }
-}
-
-impl Drop for ConfirmationReader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// How long a plain consumer takes to read `n` records of `topic` from the start.
 fn read_ceiling(env: &Env, topic: &str, n: usize) -> Duration {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.brokers)
-        .set("group.id", format!("{topic}.ceiling"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = sidecar::consumer_from_start(env, topic, "ceiling", &[]);
     let (start, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(60));
     let mut read = 0;
     while read < n {
@@ -907,61 +133,42 @@ fn read_ceiling(env: &Env, topic: &str, n: usize) -> Duration {
 // 1. throughput
 
 struct ThroughputRun {
-    n: usize,
     flush: Tuning,
     produce: Duration,
-    /// Spawn → the `consuming` log line (engine started, consumer subscribed).
-    to_consuming: Option<Duration>,
-    /// Spawn → the first confirmation.
-    to_first: Duration,
-    first_items: usize,
-    /// Spawn → all N confirmed.
-    total: Duration,
+    backlog: Backlog,
     events: usize,
     repeated: usize,
     read_ceiling: Duration,
-    cpu: CpuSplit,
     rows: i64,
     keys: usize,
     exit: String,
 }
 
 impl ThroughputRun {
-    fn rate(&self) -> f64 {
-        self.n as f64 / self.total.as_secs_f64()
-    }
-
-    fn steady(&self) -> f64 {
-        (self.n - self.first_items) as f64 / (self.total - self.to_first).as_secs_f64()
-    }
-
     fn print(&self, name: &str) {
+        let b = &self.backlog;
         println!(
             "  {name}: {:.0} items/s end-to-end, {:.0} items/s steady | first confirmation at {:.2} s \
              (consuming at {}), all {} at {:.2} s, {} confirmation events ({} items repeated) | \
              produce {:.2} s, plain read {:.2} s",
-            self.rate(),
-            self.steady(),
-            self.to_first.as_secs_f64(),
-            self.to_consuming
+            b.rate(),
+            b.steady(),
+            b.to_first.as_secs_f64(),
+            b.to_consuming
                 .map_or("?".into(), |d| format!("{:.2} s", d.as_secs_f64())),
-            self.n,
-            self.total.as_secs_f64(),
+            b.n,
+            b.total.as_secs_f64(),
             self.events,
             self.repeated,
             self.produce.as_secs_f64(),
             self.read_ceiling.as_secs_f64(),
         );
-        println!(
-            "      cpu (steady): {}{}",
-            self.cpu.line(),
-            self.cpu.disturbed()
-        );
-        println!("      sidecar threads: {}", self.cpu.threads_line());
-        if self.rows != self.n as i64 || self.keys != self.n + 1 {
+        println!("      cpu (steady): {}{}", b.cpu.line(), b.cpu.disturbed());
+        println!("      sidecar threads: {}", b.cpu.threads_line());
+        if self.rows != b.n as i64 || self.keys != b.n + 1 {
             println!(
                 "      WARNING: {} rows in MariaDB, {} Redis keys (expected {} and {} + 1 state set)",
-                self.rows, self.keys, self.n, self.n
+                self.rows, self.keys, b.n, b.n
             );
         }
         if !self.exit.contains("stopped cleanly") {
@@ -971,49 +178,30 @@ impl ThroughputRun {
 }
 
 async fn throughput_run(env: &Env, label: &str, n: usize, flush: Tuning) -> ThroughputRun {
-    let pipe = Pipe::new(env, label).await;
-    let input = pipe.topic(env, "in");
+    let pipe = Pipe::new(env, label, None).await;
     let records: Vec<(String, Vec<u8>)> = (0..n as u64)
         .map(|i| (format!("item.{i:08}"), payload(i)))
         .collect();
     let producer = producer(&env.brokers);
     let t = Instant::now();
-    produce_all(&producer, &input, &records).await;
+    produce_all(
+        &producer,
+        &pipe.input,
+        records.iter().map(|(id, v)| (id, v)),
+    )
+    .await;
     let produce = t.elapsed();
     drop(records);
 
-    let reader = ConfirmationReader::start(env, &pipe.topic(env, "out"));
+    let reader = ConfirmationReader::start(env, &pipe.output(env));
     let start = Instant::now();
-    let mut sidecar = pipe.start(env, flush);
-    let deadline = start + Duration::from_secs(300);
-    let (mut to_consuming, mut cpu_start) = (None, None);
-    let (total, cpu_end) = loop {
-        if to_consuming.is_none() && sidecar.log().contains("consuming") {
-            to_consuming = Some(start.elapsed());
-        }
-        if cpu_start.is_none() && reader.first().is_some() {
-            cpu_start = Some(snapshot(&env.watched, sidecar.pid()));
-        }
-        if reader.count() >= n {
-            break (start.elapsed(), snapshot(&env.watched, sidecar.pid()));
-        }
-        sidecar.check_alive();
-        assert!(
-            Instant::now() < deadline,
-            "{label}: {} of {n} confirmed after 300 s; sidecar log:\n{}",
-            reader.count(),
-            sidecar.log()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let (first_at, first_items) = reader.first().expect("a first confirmation");
-    let cpu = cpu_split(
-        &cpu_start.expect("a snapshot at the first confirmation"),
-        &cpu_end,
-        env.tck,
-    );
-    let (status, log) = sidecar.stop();
-    let exit = log
+    let mut sidecar = pipe.start(env, flush, "");
+    let backlog = reader
+        .all_confirmed(env, label, &mut sidecar, start, n)
+        .await;
+    let status = sidecar.stop();
+    let exit = sidecar
+        .log()
         .lines()
         .find(|l| l.contains("stopped cleanly"))
         .map_or_else(|| format!("{status}"), str::to_string);
@@ -1022,20 +210,15 @@ async fn throughput_run(env: &Env, label: &str, n: usize, flush: Tuning) -> Thro
         (s.events, s.repeated)
     };
     drop(reader);
-    let read_ceiling = read_ceiling(env, &input, n);
+    let read_ceiling = read_ceiling(env, &pipe.input, n);
     let (rows, keys) = pipe.finish(env).await;
     ThroughputRun {
-        n,
         flush,
         produce,
-        to_consuming,
-        to_first: first_at - start,
-        first_items,
-        total,
+        backlog,
         events,
         repeated,
         read_ceiling,
-        cpu,
         rows,
         keys,
         exit,
@@ -1093,27 +276,19 @@ impl LatencyRun {
 }
 
 async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning) -> LatencyRun {
-    let pipe = Pipe::new(env, label).await;
-    let input = pipe.topic(env, "in");
+    let pipe = Pipe::new(env, label, None).await;
+    let input = &pipe.input;
     let producer = producer(&env.brokers);
-    let reader = ConfirmationReader::start(env, &pipe.topic(env, "out"));
-    let mut sidecar = pipe.start(env, flush);
+    let reader = ConfirmationReader::start(env, &pipe.output(env));
+    let mut sidecar = pipe.start(env, flush, "");
 
     // warm-up: the group has joined and a checkpoint has gone through
-    let warmup: Vec<(String, Vec<u8>)> = (0..WARMUP_RECORDS as u64)
-        .map(|i| (format!("warm.{i:08}"), payload(i)))
-        .collect();
-    produce_all(&producer, &input, &warmup).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while reader.count() < WARMUP_RECORDS {
-        sidecar.check_alive();
-        assert!(
-            Instant::now() < deadline,
-            "{label}: warm-up not confirmed; sidecar log:\n{}",
-            sidecar.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let warmup = (0..WARMUP_RECORDS as u64).map(|i| (format!("warm.{i:08}"), payload(i)));
+    produce_all(&producer, input, warmup).await;
+    let (limit, every) = (Duration::from_secs(120), Duration::from_millis(10));
+    let warm = |_: &_| (reader.count() >= WARMUP_RECORDS).then_some(());
+    let stuck = || format!("{label}: warm-up not confirmed");
+    sidecar.poll(limit, every, warm, stuck).await;
 
     // steady feed: `rate` records/s, each stamped when it is handed to the producer
     let pool: Vec<Vec<u8>> = (0..1024).map(payload).collect();
@@ -1127,7 +302,7 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
         let due = (start.elapsed().as_secs_f64() * rate) as usize;
         while sent < due {
             let id = format!("lat.{sent:08}");
-            let record = FutureRecord::to(&input)
+            let record = FutureRecord::to(input)
                 .key(id.as_str())
                 .payload(pool[sent % pool.len()].as_slice());
             let stamp = Instant::now();
@@ -1153,22 +328,13 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
     let cpu_end = snapshot(&env.watched, sidecar.pid());
 
     // every delivered record confirmed
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let delivered = sends.lock().unwrap().len();
-        let failed = *failed.lock().unwrap();
-        if delivered + failed >= sent && reader.count() >= WARMUP_RECORDS + delivered {
-            break;
-        }
-        sidecar.check_alive();
-        assert!(
-            Instant::now() < deadline,
-            "{label}: {} of {delivered} confirmed; sidecar log:\n{}",
-            reader.count(),
-            sidecar.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let delivered = || sends.lock().unwrap().len();
+    let all = |_: &_| {
+        let (delivered, failed) = (delivered(), *failed.lock().unwrap());
+        (delivered + failed >= sent && reader.count() >= WARMUP_RECORDS + delivered).then_some(())
+    };
+    let stuck = || format!("{label}: {} of {} confirmed", reader.count(), delivered());
+    sidecar.poll(limit, every, all, stuck).await;
     let failed = *failed.lock().unwrap();
     if failed > 0 {
         println!("      WARNING: {failed} sends failed");
@@ -1187,9 +353,12 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
             .collect()
     };
     latencies.sort_by(f64::total_cmp);
-    let (status, log) = sidecar.stop();
+    let status = sidecar.stop();
     if !status.success() {
-        println!("      WARNING: sidecar exit {status}; log:\n{log}");
+        println!(
+            "      WARNING: sidecar exit {status}; log:\n{}",
+            sidecar.log()
+        );
     }
     drop(reader);
     let delivered = sends.lock().unwrap().len();
@@ -1388,15 +557,6 @@ async fn engine_run(env: &Env, label: &str, n: usize, serial: bool, redis: bool)
 // ---------------------------------------------------------------------------------------
 // the bench
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 async fn bench(env: &Env, sizes: Sizes) {
     let n = sizes.n;
     let load_before = loadavg();
@@ -1472,8 +632,8 @@ async fn bench(env: &Env, sizes: Sizes) {
     }
 
     // 2: latency at half the median throughput
-    let rates: Vec<f64> = runs.iter().map(ThroughputRun::rate).collect();
-    let steady: Vec<f64> = runs.iter().map(ThroughputRun::steady).collect();
+    let rates: Vec<f64> = runs.iter().map(|r| r.backlog.rate()).collect();
+    let steady: Vec<f64> = runs.iter().map(|r| r.backlog.steady()).collect();
     let rate = (median(&rates) / 2.0).max(1.0);
     let mut latencies = Vec::new();
     for (label, tuning) in [
@@ -1504,10 +664,13 @@ async fn bench(env: &Env, sizes: Sizes) {
         .iter()
         .map(|r| n as f64 / r.total.as_secs_f64())
         .collect();
-    let joins: Vec<f64> = runs.iter().map(|r| r.to_first.as_secs_f64()).collect();
+    let joins: Vec<f64> = runs
+        .iter()
+        .map(|r| r.backlog.to_first.as_secs_f64())
+        .collect();
     let consuming: Vec<f64> = runs
         .iter()
-        .filter_map(|r| r.to_consuming.map(|d| d.as_secs_f64()))
+        .filter_map(|r| r.backlog.to_consuming.map(|d| d.as_secs_f64()))
         .collect();
     let reads: Vec<f64> = runs
         .iter()
@@ -1528,10 +691,21 @@ async fn bench(env: &Env, sizes: Sizes) {
     let median_run = {
         let m = median(&rates);
         runs.iter()
-            .min_by(|a, b| (a.rate() - m).abs().total_cmp(&(b.rate() - m).abs()))
+            .min_by(|a, b| {
+                (a.backlog.rate() - m)
+                    .abs()
+                    .total_cmp(&(b.backlog.rate() - m).abs())
+            })
             .expect("a run")
     };
-    let cpu = |label: &str| median(&runs.iter().map(|r| r.cpu.get(label)).collect::<Vec<_>>());
+    let cpu = |label: &str| {
+        median(
+            &runs
+                .iter()
+                .map(|r| r.backlog.cpu.get(label))
+                .collect::<Vec<_>>(),
+        )
+    };
 
     println!();
     println!("==================== sidecar bench summary ====================");
@@ -1558,8 +732,8 @@ async fn bench(env: &Env, sizes: Sizes) {
     let disturbed: Vec<String> = runs
         .iter()
         .enumerate()
-        .filter(|(_, r)| !r.cpu.disturbed().is_empty())
-        .map(|(i, r)| format!("run {}{}", i + 1, r.cpu.disturbed()))
+        .filter(|(_, r)| !r.backlog.cpu.disturbed().is_empty())
+        .map(|(i, r)| format!("run {}{}", i + 1, r.backlog.cpu.disturbed()))
         .collect();
     if !disturbed.is_empty() {
         println!("   {}", disturbed.join("; "));
@@ -1626,27 +800,31 @@ async fn bench(env: &Env, sizes: Sizes) {
     );
     println!(
         "   median run: {} | sidecar threads: {}",
-        median_run.cpu.line(),
-        median_run.cpu.threads_line()
+        median_run.backlog.cpu.line(),
+        median_run.backlog.cpu.threads_line()
     );
     for v in &variants {
         println!(
             "   batch_flush_count = {:>4}: {:>8.0} items/s end-to-end, {:.0} steady, {} confirmation events; sidecar {:.0}%, tansu {:.0}%, mariadbd {:.0}%{}",
             v.flush.count,
-            v.rate(),
-            v.steady(),
+            v.backlog.rate(),
+            v.backlog.steady(),
             v.events,
-            v.cpu.get("sidecar"),
-            v.cpu.get("tansu"),
-            v.cpu.get("mariadbd"),
-            v.cpu.disturbed()
+            v.backlog.cpu.get("sidecar"),
+            v.backlog.cpu.get("tansu"),
+            v.backlog.cpu.get("mariadbd"),
+            v.backlog.cpu.disturbed()
         );
     }
     if !variants.is_empty() {
         // time per checkpoint cycle = fixed + per_item × batch_flush_count (least squares)
         let points: Vec<(f64, f64)> =
             std::iter::once((DEFAULT_TUNING.count as f64, median(&steady)))
-                .chain(variants.iter().map(|v| (v.flush.count as f64, v.steady())))
+                .chain(
+                    variants
+                        .iter()
+                        .map(|v| (v.flush.count as f64, v.backlog.steady())),
+                )
                 .map(|(count, rate)| (count, count / rate * 1000.0))
                 .collect();
         let k = points.len() as f64;
@@ -1674,97 +852,12 @@ async fn bench(env: &Env, sizes: Sizes) {
             1e6 / median(&raw_sql)
         );
     }
-    println!(
-        "machine: {} cores; load average before {load_before}, after {}; bench wall time {:.0} s",
-        cores(),
-        loadavg(),
-        started.elapsed().as_secs_f64()
-    );
+    println!("{}", machine_line(&load_before, started));
     println!("===============================================================");
 }
 
-/// Whether a TCP address answers.
-fn reachable(address: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
-}
-
-/// `host:port` of a `scheme://[user@]host:port[/…]` URL.
-fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest).to_string()
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    if has("--list") {
-        return;
-    }
-    let benchmarking = has("--bench") && !has("--test");
-    let sizes = if benchmarking { FULL } else { SMOKE };
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    let (brokers, mysql_url, redis_url) = (
-        var(KAFKA_ENV, KAFKA_DEFAULT),
-        var(MYSQL_ENV, MYSQL_DEFAULT),
-        var(REDIS_ENV, REDIS_DEFAULT),
-    );
-    for (name, address) in [
-        (
-            "Kafka",
-            brokers.split(',').next().unwrap_or_default().to_string(),
-        ),
-        ("MariaDB", host_port(&mysql_url)),
-        ("Redis", host_port(&redis_url)),
-    ] {
-        if !reachable(&address) {
-            println!("note: {name} at {address} cannot be reached: sidecar bench skipped");
-            return;
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (server, _) = mysql_url
-        .rsplit_once('/')
-        .unwrap_or_else(|| panic!("{MYSQL_ENV} must look like mysql://user@host:port/db"));
-    let redis = runtime
-        .block_on(async {
-            redis::Client::open(redis_url.as_str())?
-                .get_multiplexed_async_connection()
-                .await
-        })
-        .expect("connect to Redis");
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let env = Env {
-        watched: Watched::find(&brokers, &redis_url),
-        brokers,
-        server: server.to_string(),
-        admin_url: mysql_url.clone(),
-        redis_url,
-        redis,
-        tag: format!("sebench{}x{nanos}", std::process::id()),
-        dir: tempfile::tempdir().expect("tempdir"),
-        scratch: Mutex::default(),
-        tck: clock_ticks(),
-    };
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(bench(&env, sizes))));
-    runtime.block_on(env.cleanup());
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    if !benchmarking {
-        println!("(smoke run with small sizes: run `cargo bench --bench sidecar` for numbers)");
-    }
+    sidecar::main("sidecar", "sebench", |env, benchmarking| {
+        Box::pin(bench(env, if benchmarking { FULL } else { SMOKE }))
+    });
 }
