@@ -165,9 +165,10 @@ impl ThroughputRun {
         );
         println!("      cpu (steady): {}{}", b.cpu.line(), b.cpu.disturbed());
         println!("      sidecar threads: {}", b.cpu.threads_line());
-        if self.rows != b.n as i64 || self.keys != b.n + 1 {
+        // + 1 state set + one Merkle mirror per partition
+        if self.rows != b.n as i64 || self.keys != b.n + 1 + PARTITIONS as usize {
             println!(
-                "      WARNING: {} rows in MariaDB, {} Redis keys (expected {} and {} + 1 state set)",
+                "      WARNING: {} rows in MariaDB, {} Redis keys (expected {} and {} + 1 state set + {PARTITIONS} mirrors)",
                 self.rows, self.keys, b.n, b.n
             );
         }
@@ -364,9 +365,9 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
     let delivered = sends.lock().unwrap().len();
     let (rows, keys) = pipe.finish(env).await;
     let expected = WARMUP_RECORDS + delivered;
-    if rows != expected as i64 || keys != expected + 1 {
+    if rows != expected as i64 || keys != expected + 1 + PARTITIONS as usize {
         println!(
-            "      WARNING: {rows} rows, {keys} Redis keys (expected {expected} and {expected} + 1)"
+            "      WARNING: {rows} rows, {keys} Redis keys (expected {expected} and {expected} + 1 + {PARTITIONS} mirrors)"
         );
     }
     LatencyRun {
@@ -547,8 +548,9 @@ async fn engine_run(env: &Env, label: &str, n: usize, serial: bool, redis: bool)
     engine.shutdown().await;
     drop(engine);
     let keys = env.unlink_prefix(&prefix).await.unwrap_or(0);
-    if redis && keys != n + 1 {
-        println!("      WARNING engine: {keys} Redis keys (expected {n} + 1)");
+    // + 1 state set + the Merkle mirror of partition `local`
+    if redis && keys != n + 2 {
+        println!("      WARNING engine: {keys} Redis keys (expected {n} + 2)");
     }
     env.drop_database(&db).await;
     elapsed
