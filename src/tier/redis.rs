@@ -275,26 +275,30 @@ impl RedisTier {
                 .arg("LOAD")
                 .arg(include_str!("lua/write.lua"))
                 .ignore();
+            let command = pipe
+                .cmd("EVALSHA")
+                .arg(self.write_script.get_hash())
+                .arg(chunk.len());
             for write in chunk {
-                self.add_write(&mut pipe, write, use_json);
+                command.arg(self.key(write.id()));
             }
+            command.arg(&self.sets).arg(&self.mirrors);
+            for write in chunk {
+                self.add_write(command, write, use_json);
+            }
+            command.ignore();
             self.observe(pipe.query_async::<()>(&mut connection).await)?;
         }
         Ok(())
     }
 
-    fn add_write(&self, pipe: &mut redis::Pipeline, write: &CacheWrite<'_>, use_json: bool) {
-        let command = pipe
-            .cmd("EVALSHA")
-            .arg(self.write_script.get_hash())
-            .arg(1)
-            .arg(self.key(write.id()))
-            .arg(write.id())
-            .arg(&self.sets)
-            .arg(&self.mirrors);
+    /// The nine script arguments of one write (see `lua/write.lua`).
+    fn add_write(&self, command: &mut redis::Pipeline, write: &CacheWrite<'_>, use_json: bool) {
+        command.arg(write.id());
         let (item, ttl, mirrored) = match write {
             CacheWrite::Remove { .. } => {
-                command.arg("del").arg("").arg(0).arg("").ignore();
+                command.arg("del").arg("").arg(0).arg("");
+                command.arg("").arg("").arg("").arg("");
                 return;
             }
             CacheWrite::Put {
@@ -314,26 +318,30 @@ impl RedisTier {
             .json_text()
             .filter(|text| use_json && redisjson_accepts(text))
         {
-            Some(text) => command
-                .arg("json")
-                .arg(&membership)
-                .arg(ttl_ms)
-                .arg(item.state())
-                .arg(json_document(item, text)),
-            None => command
-                .arg("hash")
-                .arg(&membership)
-                .arg(ttl_ms)
-                .arg(item.state())
-                .arg(item.content())
-                .arg(item.content_hash())
-                .arg(item.version())
-                .arg(match item.content_type() {
-                    ContentType::Json => "json",
-                    ContentType::Binary => "binary",
-                }),
+            Some(text) => {
+                command
+                    .arg("json")
+                    .arg(&membership)
+                    .arg(ttl_ms)
+                    .arg(item.state())
+                    .arg(json_document(item, text));
+                command.arg("").arg("").arg("");
+            }
+            None => {
+                command
+                    .arg("hash")
+                    .arg(&membership)
+                    .arg(ttl_ms)
+                    .arg(item.state())
+                    .arg(item.content())
+                    .arg(item.content_hash())
+                    .arg(item.version())
+                    .arg(match item.content_type() {
+                        ContentType::Json => "json",
+                        ContentType::Binary => "binary",
+                    });
+            }
         }
-        .ignore();
     }
 
     /// The item under `id` with its remaining TTL, or `None`; errors mean "ask the next tier".
