@@ -545,11 +545,24 @@ fn ceiling_pipelines(
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;
+    let mirrors = {
+        let mut key = prefix.as_bytes().to_vec();
+        key.extend_from_slice(b"\xffmerkle:");
+        key
+    };
     items
         .chunks(BATCH)
         .map(|chunk| {
             let mut pipe = redis::pipe();
             pipe.atomic();
+            if lua {
+                // one call per chunk, as the engine makes it (see write.lua for the layout)
+                let command = pipe.cmd("EVALSHA").arg(&write_sha).arg(chunk.len());
+                for item in chunk {
+                    command.arg(format!("{prefix}{}", item.id()));
+                }
+                command.arg(&sets).arg(&mirrors);
+            }
             for item in chunk {
                 let key = format!("{prefix}{}", item.id());
                 let text = std::str::from_utf8(item.content()).expect("JSON is UTF-8");
@@ -563,25 +576,29 @@ fn ceiling_pipelines(
                     )
                 });
                 if lua {
-                    let command = pipe
-                        .cmd("EVALSHA")
-                        .arg(&write_sha)
-                        .arg(1)
-                        .arg(&key)
-                        .arg(item.id())
-                        .arg(&sets);
+                    let leaf = sync_engine::merkle::leaf(item.id(), item.content_hash());
+                    let membership = format!("{:02x}{}local", leaf[0], hex::encode(leaf));
+                    pipe.arg(item.id());
                     match &document {
-                        Some(doc) => command.arg("json").arg(0).arg(item.state()).arg(doc),
-                        None => command
+                        Some(doc) => pipe
+                            .arg("json")
+                            .arg(&membership)
+                            .arg(0)
+                            .arg(item.state())
+                            .arg(doc)
+                            .arg("")
+                            .arg("")
+                            .arg(""),
+                        None => pipe
                             .arg("hash")
+                            .arg(&membership)
                             .arg(0)
                             .arg(item.state())
                             .arg(item.content())
                             .arg(item.content_hash())
                             .arg(version)
                             .arg("json"),
-                    }
-                    .ignore();
+                    };
                 } else {
                     match &document {
                         Some(doc) => pipe.cmd("JSON.SET").arg(&key).arg("$").arg(doc),
@@ -604,6 +621,9 @@ fn ceiling_pipelines(
                     set.extend_from_slice(item.state().as_bytes());
                     pipe.cmd("SADD").arg(set).arg(item.id()).ignore();
                 }
+            }
+            if lua {
+                pipe.ignore();
             }
             pipe
         })
@@ -758,7 +778,11 @@ async fn memory_per_item(
     };
     let key_shape = target.describe(&format!("{prefix}{first_id}")).await;
     check_written(target, &prefix, n).await;
-    assert_eq!(keys.len(), n + 1, "{prefix}: item keys + the state set");
+    assert_eq!(
+        keys.len(),
+        n + 2,
+        "{prefix}: item keys + the state set + the Merkle mirror"
+    );
     engine.engine.shutdown().await;
     drop(engine);
     target.unlink(&prefix).await;
@@ -768,7 +792,7 @@ async fn memory_per_item(
         delta: after - before,
         item_keys,
         state_set: state_set.unwrap_or(0),
-        foreign_keys: keys_after - keys_before - (n as i64 + 1),
+        foreign_keys: keys_after - keys_before - (n as i64 + 2),
         key_shape,
         set_shape,
     }
