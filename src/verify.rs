@@ -129,8 +129,7 @@ pub(crate) async fn verify(
     redis: Option<&RedisTier>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport> {
-    let mut computed: BTreeMap<String, PartitionDigest> = BTreeMap::new();
-    let mut expected_mirror: BTreeMap<String, PartitionDigest> = BTreeMap::new();
+    let mut recomputed = Recomputed::default();
     let mut divergences = Vec::new();
     let mut suspects: Vec<Suspect> = Vec::new();
     let ids_seen = std::collections::hash_map::RandomState::new();
@@ -151,16 +150,7 @@ pub(crate) async fn verify(
         for (i, row) in page.iter().enumerate() {
             rows += 1;
             in_sql.insert(ids_seen.hash_one(&row.id));
-            computed
-                .entry(row.source.clone())
-                .or_default()
-                .add(&row.id, &row.content_hash);
-            if row.redis_ttl_ms == Some(0) {
-                expected_mirror
-                    .entry(row.source.clone())
-                    .or_default()
-                    .add(&row.id, &row.content_hash);
-            }
+            recomputed.add(row);
             if !row.payload_ok {
                 divergences.push(Divergence {
                     id: row.id.clone(),
@@ -184,6 +174,10 @@ pub(crate) async fn verify(
     }
 
     let mut partitions: Vec<String> = tier.merkle_partitions().await?;
+    let Recomputed {
+        all: computed,
+        mirrored: expected_mirror,
+    } = recomputed;
     partitions.extend(computed.keys().cloned());
     partitions.sort();
     partitions.dedup();
@@ -309,6 +303,8 @@ pub(crate) async fn repair(
     report: &VerifyReport,
 ) -> Result<RepairSummary> {
     let mut summary = RepairSummary::default();
+    // the digests of the rows, read once if needed at all
+    let mut rows: Option<Recomputed> = None;
     if let Some(redis) = redis {
         // a row whose payload no longer matches its hash must not overwrite the good copy
         let ids: Vec<&str> = report
@@ -345,7 +341,7 @@ pub(crate) async fn repair(
         redis.write(&writes).await?;
         // out-of-band changes (a key deleted by hand) leave the mirror off; Redis now
         // equals SQL, so the mirror is what SQL says it should be
-        let (_, mirrors) = digests_from_rows(tier).await?;
+        let mirrors = &rows.get_or_insert(Recomputed::scan(tier).await?).mirrored;
         for p in &report.partitions {
             let expected = mirrors.get(&p.partition).cloned().unwrap_or_default();
             if redis.mirror(&p.partition).await? != expected {
@@ -361,7 +357,10 @@ pub(crate) async fn repair(
         .map(|p| p.partition.as_str())
         .collect();
     if !changed.is_empty() {
-        let (digests, _) = digests_from_rows(tier).await?;
+        let digests = match rows {
+            Some(rows) => rows.all,
+            None => Recomputed::scan(tier).await?.all,
+        };
         for partition in changed {
             let digest = digests.get(partition).cloned().unwrap_or_default();
             tier.replace_merkle_digest(partition, &digest).await?;
@@ -373,25 +372,38 @@ pub(crate) async fn repair(
 
 type Digests = BTreeMap<String, PartitionDigest>;
 
-/// Every partition's digests from its rows, and the mirror Redis should hold for it.
-async fn digests_from_rows(tier: &dyn DurableTier) -> Result<(Digests, Digests)> {
-    let (mut all, mut mirrored) = (Digests::new(), Digests::new());
-    let mut after: Option<String> = None;
-    loop {
-        let page = tier.leaves_after(after.as_deref(), PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
-        for row in &page {
-            all.entry(row.source.clone())
+/// Digests recomputed from SQL rows: of every partition, and of the mirror Redis should hold
+/// (the rows cached there without TTL).
+#[derive(Default)]
+struct Recomputed {
+    all: Digests,
+    mirrored: Digests,
+}
+
+impl Recomputed {
+    fn add(&mut self, row: &LeafRow) {
+        let add = |digests: &mut Digests| {
+            digests
+                .entry(row.source.clone())
                 .or_default()
-                .add(&row.id, &row.content_hash);
-            if row.redis_ttl_ms == Some(0) {
-                mirrored
-                    .entry(row.source.clone())
-                    .or_default()
-                    .add(&row.id, &row.content_hash);
-            }
+                .add(&row.id, &row.content_hash)
+        };
+        add(&mut self.all);
+        if row.redis_ttl_ms == Some(0) {
+            add(&mut self.mirrored);
         }
     }
-    Ok((all, mirrored))
+
+    /// A pass over every row.
+    async fn scan(tier: &dyn DurableTier) -> Result<Recomputed> {
+        let mut recomputed = Recomputed::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = tier.leaves_after(after.as_deref(), PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            page.iter().for_each(|row| recomputed.add(row));
+        }
+        Ok(recomputed)
+    }
 }
