@@ -15,7 +15,7 @@ mod kafka;
 mod merkle_ref;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -179,28 +179,6 @@ fn assert_valid(validator: &Validator, file: &str, instance: &Value) {
 fn covers(outs: &[kafka::Out], positions: &[Position]) -> bool {
     let seen = confirmed(outs);
     positions.iter().all(|pos| seen.contains_key(pos))
-}
-
-/// The file a running sidecar of `p` was started with. `Pipeline::start` keeps its path to
-/// itself, so it is read off the process's command line (`run --pipeline <file>`) and
-/// recognized by the pipeline's group id: `verify` then reads exactly what `run` read.
-fn pipeline_file(p: &Pipeline) -> PathBuf {
-    let marker = format!("group_id = \"{}\"", p.group());
-    let exe = env!("CARGO_BIN_EXE_sync-engine").as_bytes();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.len() < 4 || args[0] != exe || args[1] != b"run" || args[2] != b"--pipeline" {
-            continue;
-        }
-        let file = PathBuf::from(String::from_utf8_lossy(args[3]).into_owned());
-        if std::fs::read_to_string(&file).is_ok_and(|text| text.contains(&marker)) {
-            return file;
-        }
-    }
-    panic!("no running sidecar of {}", p.name);
 }
 
 /// Runs `sync-engine verify --pipeline <file>` (with `--json` when asked); returns its exit
@@ -461,7 +439,7 @@ async fn roots_survive_sigkill_and_restart() {
 
     let feed = Feed::start(p.producer(), 20, Duration::from_millis(40), crash_record);
     let mut sidecar = p.start_with(&extra, &env);
-    let file = pipeline_file(&p);
+    let file = sidecar.pipeline.clone();
     p.reader("out").until(Duration::from_secs(90), |o| {
         let seen = confirmed(o);
         (0..3).all(|partition| seen.range((partition, 0)..(partition + 1, 0)).count() >= 100)
@@ -689,7 +667,7 @@ async fn an_emptied_partition_states_the_empty_root() {
     assert_eq!(ends.len(), 3, "the ids reach every partition");
 
     let mut sidecar = p.start("");
-    let file = pipeline_file(&p);
+    let file = sidecar.pipeline.clone();
     p.wait_committed(&ends, Duration::from_secs(90));
     sidecar.stop();
 

@@ -139,7 +139,12 @@ dlq_topic = "{name}.dlq"
             .stderr(out)
             .spawn()
             .unwrap();
-        Sidecar { child, log, n }
+        Sidecar {
+            child,
+            log,
+            n,
+            pipeline: file,
+        }
     }
 
     /// The logs of every process started so far.
@@ -304,6 +309,8 @@ pub struct Sidecar {
     child: Child,
     log: PathBuf,
     pub n: usize,
+    /// The pipeline file it runs (for `sync-engine verify` on the same pipeline).
+    pub pipeline: PathBuf,
 }
 
 impl Sidecar {
