@@ -45,8 +45,9 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Adds a write. An entry for the same id is replaced unless it has a higher version
-    /// (with engine-assigned versions the later op is always the higher one).
+    /// Adds a write. An entry for the same id (always of the same source: see
+    /// [`Batch::must_flush_before`]) is replaced unless it has a higher version (with
+    /// engine-assigned versions and offsets the later op is always the higher one).
     pub(crate) fn push(&mut self, entry: Entry) {
         self.oldest.get_or_insert_with(Instant::now);
         let id = entry.op.id().to_string();
@@ -60,15 +61,17 @@ impl Batch {
         }
     }
 
-    /// Whether `entry` would take the place of a write bound for SQL without going there
-    /// itself (a cache-only write after a durable one): the batch must be flushed first, or
-    /// the durable write would be lost.
-    pub(crate) fn would_drop_durable(&self, entry: &Entry) -> bool {
-        !entry.sql
-            && self
-                .entries
-                .get(entry.op.id())
-                .is_some_and(|old| old.sql && old.op.version() <= entry.op.version())
+    /// Whether the batch must be flushed before `entry` joins it, because one op per id could
+    /// not say what both mean:
+    /// - a cache-only write after a durable one of the same id would take its place, and the
+    ///   durable write would be lost;
+    /// - a write of the same id from another source (an id that moved to another partition)
+    ///   is decided against that source's own progress, in its own transaction.
+    pub(crate) fn must_flush_before(&self, entry: &Entry) -> bool {
+        self.entries.get(entry.op.id()).is_some_and(|old| {
+            old.op.source() != entry.op.source()
+                || (!entry.sql && old.sql && old.op.version() <= entry.op.version())
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -135,6 +138,22 @@ mod tests {
         assert!(matches!(entries[0].op, Op::Delete { version: 2, .. }));
         assert_eq!(entries[1].op.version(), 3);
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn another_source_or_a_cache_only_write_flushes_first() {
+        let mut batch = Batch::default();
+        batch.push(put("a", 900, 10));
+        let mut moved = put("a", 3, 10);
+        if let Op::Put(item) = &moved.op {
+            moved.op = Op::Put(Arc::new((**item).clone().with_source(Arc::from("in/1"))));
+        }
+        assert!(batch.must_flush_before(&moved));
+        let mut cache_only = put("a", 901, 10);
+        cache_only.sql = false;
+        assert!(batch.must_flush_before(&cache_only));
+        assert!(!batch.must_flush_before(&put("a", 902, 10)));
+        assert!(!batch.must_flush_before(&put("b", 1, 10)));
     }
 
     #[test]

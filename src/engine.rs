@@ -29,7 +29,7 @@ use crate::tier::redis::RedisTier;
 use crate::tier::sql::SqlTier;
 use crate::tier::{DurableTier, Op};
 use crate::verify::{RepairSummary, VerifyReport};
-use crate::writer::{Command, Range, Writer};
+use crate::writer::{Command, Horizons, Range, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineState {
@@ -100,6 +100,7 @@ pub struct SyncEngine {
     state: watch::Sender<EngineState>,
     max_payload_bytes: usize,
     source: Arc<str>,
+    horizons: Horizons,
 }
 
 /// Rows per page when `prove` scans a partition.
@@ -125,6 +126,7 @@ impl SyncEngine {
             writer: Mutex::new(None),
             state: watch::channel(EngineState::Created).0,
             source: Arc::from(LOCAL_SOURCE),
+            horizons: Horizons::default(),
         }
     }
 
@@ -193,6 +195,7 @@ impl SyncEngine {
             redis: redis.clone(),
             l1: self.l1.clone(),
             config: self.config_rx.clone(),
+            horizons: self.horizons.clone(),
         };
         *self.writer.lock().expect("writer lock") = Some(tokio::spawn(writer.run()));
         *self.sequencer.lock().expect("sequencer lock") = Sequencer {
@@ -311,7 +314,13 @@ impl SyncEngine {
         let mut sequencer = self.sequencer.lock().expect("sequencer lock");
         sequencer.check_open()?;
         let version = sequencer.version(version);
-        self.l1.accept(id, Pending::Delete { version });
+        self.l1.accept(
+            id,
+            Pending::Delete {
+                source: source.clone(),
+                version,
+            },
+        );
         let op = Op::Delete {
             id: id.to_string(),
             version,
@@ -613,6 +622,24 @@ impl SyncEngine {
             id,
             members.iter().map(|(i, h)| (i.as_str(), h.as_str())),
         ))
+    }
+
+    /// What SQL had committed for the sidecar partition `source` (last offset + 1) before this
+    /// engine first wrote it — since [`SyncEngine::forget_horizon`] — or `None` if it has not
+    /// written it yet. A record of the partition with `offset + 1` at or below it was a
+    /// replay: it changed nothing.
+    pub fn replay_horizon(&self, source: &str) -> Option<u64> {
+        self.horizons
+            .lock()
+            .expect("horizons lock")
+            .get(source)
+            .copied()
+    }
+
+    /// Forgets `source`'s horizon (the sidecar gave the partition up: another process may
+    /// write it before this one gets it back).
+    pub fn forget_horizon(&self, source: &str) {
+        self.horizons.lock().expect("horizons lock").remove(source);
     }
 
     /// The highest version SQL holds from `source` (the sidecar's: last offset + 1).

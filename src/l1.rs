@@ -51,14 +51,36 @@ impl Expiry<String, Cached> for TtlExpiry {
 #[derive(Debug, Clone)]
 pub(crate) enum Pending {
     Put(Arc<SyncItem>),
-    Delete { version: u64 },
+    Delete { source: Arc<str>, version: u64 },
+}
+
+/// Which write an op is: its source and its version within that source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp<'a> {
+    pub source: &'a str,
+    pub version: u64,
+}
+
+impl Stamp<'_> {
+    /// Whether a write stamped `self` replaces one stamped `older`: a newer version of the
+    /// same source, or any write of another source (versions of different sidecar partitions
+    /// are offsets, not comparable: the one accepted last is the newest).
+    pub(crate) fn replaces(&self, older: &Stamp<'_>) -> bool {
+        self.source != older.source || self.version > older.version
+    }
 }
 
 impl Pending {
-    fn version(&self) -> u64 {
+    fn stamp(&self) -> Stamp<'_> {
         match self {
-            Pending::Put(item) => item.version(),
-            Pending::Delete { version } => *version,
+            Pending::Put(item) => Stamp {
+                source: item.source(),
+                version: item.version(),
+            },
+            Pending::Delete { source, version } => Stamp {
+                source,
+                version: *version,
+            },
         }
     }
 
@@ -80,7 +102,7 @@ pub(crate) enum Lookup {
 /// How one op of a committed batch ended, for [`L1::settle`].
 pub(crate) struct Settled<'a> {
     pub id: &'a str,
-    pub version: u64,
+    pub stamp: Stamp<'a>,
     /// The committed item to cache, when the op was an applied put.
     pub item: Option<(&'a Arc<SyncItem>, Option<Duration>)>,
 }
@@ -155,15 +177,19 @@ impl L1 {
         }
     }
 
-    /// Records an accepted op, unless L1 already knows a newer version of the id (an old
+    /// Records an accepted op, unless L1 already knows a newer write of the id (an old
     /// version replayed: it still goes to L3, whose guard ignores it).
     pub(crate) fn accept(&self, id: &str, op: Pending) {
         let mut pending = self.pending();
-        let known = pending
-            .get(id)
-            .map(Pending::version)
-            .or_else(|| self.cache.get(id).map(|c| c.item.version()));
-        if known.is_some_and(|v| v >= op.version()) {
+        let cached = self.cache.get(id);
+        let known = match pending.get(id) {
+            Some(p) => Some(p.stamp()),
+            None => cached.as_ref().map(|c| Stamp {
+                source: c.item.source(),
+                version: c.item.version(),
+            }),
+        };
+        if known.is_some_and(|k| !op.stamp().replaces(&k)) {
             return;
         }
         let added = op.size(id);
@@ -203,15 +229,15 @@ impl L1 {
             *epoch += 1;
             let mut pending = self.pending();
             for done in outcomes {
-                let current = pending.get(done.id).map(Pending::version);
-                if current.is_some_and(|v| v > done.version) {
+                let current = pending.get(done.id).map(|p| p.stamp() == done.stamp);
+                if current == Some(false) {
                     continue; // a newer op is pending and shadows this one
                 }
                 match done.item {
                     Some((item, ttl)) => self.insert_cached(item.clone(), ttl),
                     None => self.cache.invalidate(done.id),
                 }
-                if current == Some(done.version) {
+                if current == Some(true) {
                     if let Some(old) = pending.remove(done.id) {
                         self.pending_bytes
                             .fetch_sub(old.size(done.id), Ordering::SeqCst);
@@ -331,7 +357,10 @@ mod tests {
     fn settle_put(l1: &L1, it: &Arc<SyncItem>) {
         l1.settle([Settled {
             id: it.id(),
-            version: it.version(),
+            stamp: Stamp {
+                source: it.source(),
+                version: it.version(),
+            },
             item: Some((it, None)),
         }]);
     }
@@ -346,11 +375,20 @@ mod tests {
         let s = l1.stats();
         assert_eq!((s.pending_bytes, s.cached_bytes), (0, a1.mem_size() as u64));
 
-        l1.accept("a", Pending::Delete { version: 2 });
+        l1.accept(
+            "a",
+            Pending::Delete {
+                source: Arc::from("local"),
+                version: 2,
+            },
+        );
         assert!(matches!(l1.lookup("a"), Lookup::Deleted));
         l1.settle([Settled {
             id: "a",
-            version: 2,
+            stamp: Stamp {
+                source: "local",
+                version: 2,
+            },
             item: None,
         }]);
         assert!(matches!(l1.lookup("a"), Lookup::Unknown));
@@ -366,6 +404,38 @@ mod tests {
         l1.accept("a", Pending::Put(item("a", 3, 10)));
         match l1.lookup("a") {
             Lookup::Found(found) => assert_eq!(found.version(), 5),
+            _ => panic!("lost the pending put"),
+        }
+    }
+
+    #[test]
+    fn a_write_of_another_partition_replaces_a_higher_offset() {
+        let l1 = L1::new(1 << 20, 0.9);
+        let from = |source: &str, version: u64, byte: u8| {
+            Arc::new(
+                SyncItem::new("a".into(), vec![byte; 10])
+                    .with_version(version)
+                    .with_source(Arc::from(source)),
+            )
+        };
+        l1.accept("a", Pending::Put(from("in/0", 900, b'0')));
+        l1.accept("a", Pending::Put(from("in/1", 3, b'1')));
+        match l1.lookup("a") {
+            Lookup::Found(found) => assert_eq!(found.content(), &[b'1'; 10]),
+            _ => panic!("lost the pending put"),
+        }
+        // the older op settling does not take the newer one's place
+        let old = from("in/0", 900, b'0');
+        l1.settle([Settled {
+            id: "a",
+            stamp: Stamp {
+                source: "in/0",
+                version: 900,
+            },
+            item: Some((&old, None)),
+        }]);
+        match l1.lookup("a") {
+            Lookup::Found(found) => assert_eq!(found.content(), &[b'1'; 10]),
             _ => panic!("lost the pending put"),
         }
     }

@@ -25,7 +25,7 @@ use crate::config::SyncEngineConfig;
 use crate::error::Result;
 use crate::filter::{L3Filter, Rebuild};
 use crate::item::SyncItem;
-use crate::l1::{Settled, L1};
+use crate::l1::{Settled, Stamp, L1};
 use crate::tier::redis::{CacheWrite, RedisTier};
 use crate::tier::{DurableTier, Op};
 
@@ -80,7 +80,12 @@ pub(crate) struct Writer {
     pub rebuilding: bool,
     /// Batch limits are read from here before every step, so they can change at run time.
     pub config: watch::Receiver<SyncEngineConfig>,
+    pub horizons: Horizons,
 }
+
+/// Per sidecar partition, what SQL had committed for it before this engine's first batch of
+/// it (since the partition was last forgotten): records at or below it were replays.
+pub(crate) type Horizons = Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>;
 
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -111,7 +116,7 @@ impl Writer {
             };
             match command {
                 Command::Write(entry) => {
-                    if batch.would_drop_durable(&entry) {
+                    if batch.must_flush_before(&entry) {
                         self.flush(&mut batch).await;
                     }
                     batch.push(entry);
@@ -299,6 +304,16 @@ impl Writer {
                 }
             }
         };
+        {
+            let mut horizons = self.horizons.lock().expect("horizons lock");
+            for (entry, outcome) in durable.iter().zip(&applied) {
+                if let Some(before) = outcome.progress_before {
+                    horizons
+                        .entry(entry.op.source().to_string())
+                        .or_insert(before);
+                }
+            }
+        }
         // L3 liveness changes reach the filter before L1 settles: a reader that misses L1
         // after this point must not be told "absent" for an item just written
         if let Some(filter) = &self.filter {
@@ -347,7 +362,10 @@ impl Writer {
         self.l1
             .settle(outcomes.iter().map(|(entry, applied)| Settled {
                 id: entry.op.id(),
-                version: entry.op.version(),
+                stamp: Stamp {
+                    source: entry.op.source(),
+                    version: entry.op.version(),
+                },
                 item: match (&entry.op, applied) {
                     (Op::Put(item), true) => Some((item, entry.ttl)),
                     _ => None,

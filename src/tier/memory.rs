@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed};
+use super::{
+    decide, is_partition, merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op,
+    Prior, Removed, Stored,
+};
 use crate::error::Result;
 use crate::item::{content_hash, SyncItem};
 use crate::merkle::{Delta, PartitionDigest};
@@ -15,7 +18,10 @@ use crate::merkle::{Delta, PartitionDigest};
 #[derive(Default)]
 struct Tables {
     items: BTreeMap<Vec<u8>, Arc<SyncItem>>,
-    tombstones: BTreeMap<Vec<u8>, u64>,
+    /// Deleted ids: (source, version) of the delete.
+    tombstones: BTreeMap<Vec<u8>, (Arc<str>, u64)>,
+    /// The highest version applied per source (a sidecar partition's progress).
+    progress: BTreeMap<String, u64>,
     /// Merkle digests per partition, moved by every change as the SQL tier's are.
     digests: BTreeMap<String, PartitionDigest>,
 }
@@ -39,10 +45,24 @@ fn leaf_row(item: &SyncItem) -> LeafRow {
 }
 
 impl Tables {
-    fn stored_version(&self, id: &[u8]) -> Option<u64> {
-        let live = self.items.get(id).map(|i| i.version());
-        let dead = self.tombstones.get(id).copied();
-        live.max(dead)
+    fn stored(&self, id: &[u8]) -> Option<Stored<'_>> {
+        let live = self.items.get(id).map(|i| Stored {
+            source: i.source(),
+            version: i.version(),
+        });
+        let dead = self.tombstones.get(id).map(|(source, version)| Stored {
+            source,
+            version: *version,
+        });
+        match (live, dead) {
+            (Some(l), Some(d)) => Some(if d.version > l.version { d } else { l }),
+            (l, d) => l.or(d),
+        }
+    }
+
+    fn advance(&mut self, source: &str, version: u64) {
+        let p = self.progress.entry(source.to_string()).or_default();
+        *p = (*p).max(version);
     }
 
     fn under_prefix<'a>(&'a self, prefix: &str) -> impl Iterator<Item = &'a Arc<SyncItem>> + 'a {
@@ -78,10 +98,14 @@ impl Tables {
                     prior: prior(&item),
                 });
             }
-            let t = self.tombstones.entry(key).or_default();
-            *t = (*t).max(version);
+            let t = self
+                .tombstones
+                .entry(key)
+                .or_insert((Arc::from(crate::item::LOCAL_SOURCE), 0));
+            t.1 = t.1.max(version);
         }
         self.store(&delta);
+        self.advance(crate::item::LOCAL_SOURCE, version);
         removed
     }
 }
@@ -105,36 +129,38 @@ impl MemoryTier {
 impl DurableTier for MemoryTier {
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         let mut t = self.lock();
+        // decided against the state before the batch, as the SQL tier does
         let applied: Vec<Applied> = ops
             .iter()
             .map(|op| {
-                let key = op.id().as_bytes().to_vec();
-                let before = t.items.get(&key).map(|item| prior(item));
-                let stored = t.stored_version(&key);
-                if stored.is_some_and(|v| v >= op.version()) {
-                    return Applied {
-                        applied: false,
-                        current: stored == Some(op.version()),
-                        prior: before,
-                    };
-                }
-                match op {
-                    Op::Put(item) => {
-                        t.tombstones.remove(&key);
-                        t.items.insert(key, item.clone());
-                    }
-                    Op::Delete { version, .. } => {
-                        t.items.remove(&key);
-                        t.tombstones.insert(key, *version);
-                    }
-                }
-                Applied {
-                    applied: true,
-                    current: false,
-                    prior: before,
-                }
+                let key = op.id().as_bytes();
+                let progress = is_partition(op.source())
+                    .then(|| t.progress.get(&**op.source()).copied())
+                    .flatten();
+                decide(
+                    op,
+                    t.stored(key),
+                    progress,
+                    t.items.get(key).map(|i| prior(i)),
+                )
             })
             .collect();
+        for (op, _) in ops.iter().zip(&applied).filter(|(_, a)| a.applied) {
+            let key = op.id().as_bytes().to_vec();
+            match op {
+                Op::Put(item) => {
+                    t.tombstones.remove(&key);
+                    t.items.insert(key, item.clone());
+                }
+                Op::Delete {
+                    version, source, ..
+                } => {
+                    t.items.remove(&key);
+                    t.tombstones.insert(key, (source.clone(), *version));
+                }
+            }
+            t.advance(op.source(), op.version());
+        }
         t.store(&merkle_delta(ops, &applied));
         Ok(applied)
     }
@@ -201,6 +227,7 @@ impl DurableTier for MemoryTier {
 
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
         let mut t = self.lock();
+        t.advance(crate::item::LOCAL_SOURCE, version);
         match t.items.get_mut(id.as_bytes()) {
             Some(item) if item.version() < version => {
                 let mut updated = (**item).clone();
@@ -236,7 +263,7 @@ impl DurableTier for MemoryTier {
     async fn max_version(&self) -> Result<u64> {
         let t = self.lock();
         let live = t.items.values().map(|i| i.version()).max().unwrap_or(0);
-        let dead = t.tombstones.values().copied().max().unwrap_or(0);
+        let dead = t.tombstones.values().map(|(_, v)| *v).max().unwrap_or(0);
         Ok(live.max(dead))
     }
 
@@ -261,12 +288,7 @@ impl DurableTier for MemoryTier {
     }
 
     async fn source_version(&self, source: &str) -> Result<Option<u64>> {
-        let t = self.lock();
-        Ok(t.items
-            .values()
-            .filter(|i| &**i.source() == source)
-            .map(|i| i.version())
-            .max())
+        Ok(self.lock().progress.get(source).copied())
     }
 
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {

@@ -1,16 +1,23 @@
 //! The durable tier (L3) behind one small trait, with a SQL implementation (MySQL/MariaDB and
 //! SQLite) and an in-memory one for fast tests.
 //!
-//! Every write carries a version. A put or delete applies only when its version is newer than
-//! what the tier holds for that id — the live row, or the tombstone a delete leaves behind — so
-//! replaying an old write is a no-op and state never goes backwards.
+//! Every write carries a source and a version, and replaying an old write is a no-op, so state
+//! never goes backwards. What "old" means depends on the source (see [`decide`]):
+//! - **library writes** (source `local`, versions from the engine's clock or pinned by the
+//!   caller) apply only when newer than what the tier holds for that id — the live row, or the
+//!   tombstone a delete leaves behind;
+//! - **sidecar writes** (source `<topic>/<partition>`, version = offset + 1) apply unless their
+//!   partition has already committed that offset (`sync_sources`, written in the same
+//!   transaction as the rows). Offsets of different partitions are not comparable, so a record
+//!   that is not a replay applies whatever another partition wrote before: the newest record
+//!   processed wins, also when an id moves to another partition.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::item::SyncItem;
+use crate::item::{SyncItem, LOCAL_SOURCE};
 use crate::merkle::{Delta, PartitionDigest};
 
 pub mod memory;
@@ -44,6 +51,13 @@ impl Op {
         }
     }
 
+    pub fn source(&self) -> &Arc<str> {
+        match self {
+            Op::Put(item) => item.source(),
+            Op::Delete { source, .. } => source,
+        }
+    }
+
     /// Payload bytes this op writes (0 for a delete), for batch sizing.
     pub fn payload_len(&self) -> usize {
         match self {
@@ -65,14 +79,66 @@ pub struct Prior {
 /// What became of one op of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// It was newer than the stored row or tombstone, so it changed the tier.
+    /// It was not a replay (see [`decide`]), so it changed the tier.
     pub applied: bool,
-    /// It did not apply because the tier already holds exactly this write (same version): a
-    /// replay after a crash that came between the commit and the Redis write. Redis is
-    /// written again for it.
+    /// It did not apply because the tier already holds exactly this write (same source and
+    /// version): a replay after a crash that came between the commit and the Redis write.
+    /// Redis is written again for it.
     pub current: bool,
     /// The live row before the batch, if there was one.
     pub prior: Option<Prior>,
+    /// For a sidecar write: what its partition had committed before this batch (0: nothing).
+    /// Every op of that partition at or below it was a replay.
+    pub progress_before: Option<u64>,
+}
+
+/// The newest version the tier holds for an id: its live row or its tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'a> {
+    pub source: &'a str,
+    pub version: u64,
+}
+
+/// Whether `op` applies, given what the tier holds for its id and, for a sidecar write, what
+/// its partition has committed (`progress`). The one place the replay rule lives; both tiers
+/// call it inside their transaction.
+pub fn decide(
+    op: &Op,
+    stored: Option<Stored<'_>>,
+    progress: Option<u64>,
+    prior: Option<Prior>,
+) -> Applied {
+    let source: &str = op.source();
+    let current = stored
+        == Some(Stored {
+            source,
+            version: op.version(),
+        });
+    if source == LOCAL_SOURCE {
+        return Applied {
+            applied: stored.is_none_or(|s| op.version() > s.version),
+            current,
+            prior,
+            progress_before: None,
+        };
+    }
+    // a row of the same partition newer than its progress row can only come from a database
+    // written before progress rows existed: count it as committed too
+    let same_source = stored
+        .filter(|s| s.source == source)
+        .map_or(0, |s| s.version);
+    let committed = progress.unwrap_or(0).max(same_source);
+    Applied {
+        applied: op.version() > committed,
+        current,
+        prior,
+        progress_before: Some(progress.unwrap_or(0)),
+    }
+}
+
+/// Whether `source` is a sidecar partition (progress-ordered) rather than the library.
+pub fn is_partition(source: &str) -> bool {
+    source != LOCAL_SOURCE
 }
 
 impl Applied {

@@ -1,22 +1,23 @@
 //! The batch transaction of the SQL tier, and multi-id reads.
 //!
 //! One batch = one transaction:
-//! 1. read (and on MySQL lock) the stored version of every id in the batch, live or tombstone;
-//! 2. keep the ops that are newer (the rest are replays: they change nothing);
+//! 1. read (and on MySQL lock) the stored version and source of every id in the batch, live or
+//!    tombstone, and the progress of every sidecar partition in it;
+//! 2. keep the ops that are not replays ([`super::decide`]); the rest change nothing;
 //! 3. upsert the puts (chunked by rows and bytes), delete + tombstone the deletes;
 //! 4. move the Merkle digests of the touched partitions (`merkle_delta`), under row locks;
-//! 5. record the highest version per source;
+//! 5. record the highest version per source (a partition's progress);
 //! 6. commit.
 //!
-//! The upserts carry the version guard themselves as well, so even a writer that bypassed the
-//! locks could never move a row backwards.
+//! The upserts carry a guard themselves as well (a newer version, or another source), so even
+//! a writer that bypassed the locks could never move a row backwards within one source.
 
 use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
 use super::sql::{item_from_row, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
-use super::{merkle_delta, Applied, Op, Prior};
+use super::{decide, is_partition, merkle_delta, Applied, Op, Prior, Stored};
 use crate::error::Result;
 use crate::item::SyncItem;
 use crate::merkle::{Bucket, Delta};
@@ -39,31 +40,36 @@ fn rows(n: usize, columns: &str) -> String {
     vec![columns; n].join(",")
 }
 
+/// The SQL form of the guard an upsert carries: the incoming row is newer within its source,
+/// or comes from another source (the decision between sources was made under the row locks).
+const NEWER: &str = "(VALUES(version) > version OR VALUES(source) <> source)";
+
 fn upsert_items_sql(dialect: Dialect, n: usize) -> String {
     let head = format!(
         "INSERT INTO sync_items (id, payload, payload_blob, content_hash, state, source, version, redis_ttl_ms) VALUES {}",
         rows(n, "(?,?,?,?,?,?,?,?)")
     );
     match dialect {
-        // MySQL applies assignments left to right: `version` must be the last one, or the
-        // guards after it would compare against the new value.
+        // MySQL applies assignments left to right: `version` and then `source` must be the
+        // last ones, or the guards after them would compare against the new values.
         Dialect::MySql => format!(
             "{head} ON DUPLICATE KEY UPDATE \
-             payload = IF(VALUES(version) > version, VALUES(payload), payload), \
-             payload_blob = IF(VALUES(version) > version, VALUES(payload_blob), payload_blob), \
-             content_hash = IF(VALUES(version) > version, VALUES(content_hash), content_hash), \
-             state = IF(VALUES(version) > version, VALUES(state), state), \
-             source = IF(VALUES(version) > version, VALUES(source), source), \
-             redis_ttl_ms = IF(VALUES(version) > version, VALUES(redis_ttl_ms), redis_ttl_ms), \
-             updated_at = IF(VALUES(version) > version, CURRENT_TIMESTAMP(6), updated_at), \
-             version = IF(VALUES(version) > version, VALUES(version), version)"
+             payload = IF({NEWER}, VALUES(payload), payload), \
+             payload_blob = IF({NEWER}, VALUES(payload_blob), payload_blob), \
+             content_hash = IF({NEWER}, VALUES(content_hash), content_hash), \
+             state = IF({NEWER}, VALUES(state), state), \
+             redis_ttl_ms = IF({NEWER}, VALUES(redis_ttl_ms), redis_ttl_ms), \
+             updated_at = IF({NEWER}, CURRENT_TIMESTAMP(6), updated_at), \
+             version = IF({NEWER}, VALUES(version), version), \
+             source = VALUES(source)"
         ),
         Dialect::Sqlite => format!(
             "{head} ON CONFLICT(id) DO UPDATE SET payload = excluded.payload, \
              payload_blob = excluded.payload_blob, content_hash = excluded.content_hash, \
              state = excluded.state, source = excluded.source, version = excluded.version, \
              redis_ttl_ms = excluded.redis_ttl_ms, \
-             updated_at = {} WHERE excluded.version > sync_items.version",
+             updated_at = {} WHERE excluded.version > sync_items.version \
+             OR excluded.source <> sync_items.source",
             dialect.now()
         ),
     }
@@ -77,14 +83,15 @@ fn upsert_tombstones_sql(dialect: Dialect, n: usize) -> String {
     match dialect {
         Dialect::MySql => format!(
             "{head} ON DUPLICATE KEY UPDATE \
-             source = IF(VALUES(version) > version, VALUES(source), source), \
-             deleted_at = IF(VALUES(version) > version, CURRENT_TIMESTAMP(6), deleted_at), \
-             version = IF(VALUES(version) > version, VALUES(version), version)"
+             deleted_at = IF({NEWER}, CURRENT_TIMESTAMP(6), deleted_at), \
+             version = IF({NEWER}, VALUES(version), version), \
+             source = VALUES(source)"
         ),
         Dialect::Sqlite => format!(
             "{head} ON CONFLICT(id) DO UPDATE SET source = excluded.source, \
              version = excluded.version, deleted_at = {} \
-             WHERE excluded.version > sync_tombstones.version",
+             WHERE excluded.version > sync_tombstones.version \
+             OR excluded.source <> sync_tombstones.source",
             dialect.now()
         ),
     }
@@ -223,8 +230,9 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
     on_pool!(tier, pool => {
         let mut tx = pool.begin().await?;
 
-        // 1. what is stored now
-        let mut stored: HashMap<Vec<u8>, i64> = HashMap::new();
+        // 1. what is stored now: the newest version and source per id, the live rows, and the
+        //    progress of every partition in the batch
+        let mut stored: HashMap<Vec<u8>, (i64, String)> = HashMap::new();
         let mut tombstoned: HashSet<Vec<u8>> = HashSet::new();
         let mut live: HashMap<Vec<u8>, Prior> = HashMap::new();
         for chunk in ids.chunks(IDS_PER_STATEMENT) {
@@ -239,33 +247,61 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
             let query = chunk.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id));
             for row in query.fetch_all(&mut *tx).await? {
                 let id: Vec<u8> = row.try_get(0)?;
-                stored.insert(id.clone(), row.try_get(1)?);
                 let source: Vec<u8> = row.try_get(2)?;
+                let source = String::from_utf8_lossy(&source).into_owned();
                 let ttl: Option<i64> = row.try_get(4)?;
+                stored.insert(id.clone(), (row.try_get(1)?, source.clone()));
                 live.insert(id, Prior {
-                    source: String::from_utf8_lossy(&source).into_owned(),
+                    source,
                     content_hash: row.try_get(3)?,
                     redis_ttl_ms: ttl.map(|ms| ms.max(0) as u64),
                 });
             }
-            let sql = select("id, version", "sync_tombstones");
+            let sql = select("id, version, source", "sync_tombstones");
             let query = chunk.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id));
             for row in query.fetch_all(&mut *tx).await? {
                 let id: Vec<u8> = row.try_get(0)?;
                 let version: i64 = row.try_get(1)?;
+                let source: Vec<u8> = row.try_get(2)?;
                 tombstoned.insert(id.clone());
-                let v = stored.entry(id).or_insert(version);
-                *v = (*v).max(version);
+                let newer = stored.get(&id).is_none_or(|(v, _)| version > *v);
+                if newer {
+                    stored.insert(id, (version, String::from_utf8_lossy(&source).into_owned()));
+                }
+            }
+        }
+        let mut partitions: Vec<&str> = ops
+            .iter()
+            .map(|op| &**op.source())
+            .filter(|s| is_partition(s))
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let mut progress: HashMap<String, u64> = HashMap::new();
+        for chunk in partitions.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT source, version FROM sync_sources WHERE source IN ({}){}",
+                marks(chunk.len()),
+                dialect.lock_clause()
+            );
+            let query = chunk.iter().fold(sqlx::query(&sql), |q, p| q.bind(p.as_bytes()));
+            for row in query.fetch_all(&mut *tx).await? {
+                let source: Vec<u8> = row.try_get(0)?;
+                let version: i64 = row.try_get(1)?;
+                progress.insert(String::from_utf8_lossy(&source).into_owned(), version.max(0) as u64);
             }
         }
 
-        // 2. only what is newer applies
+        // 2. only what is not a replay applies
         let applied: Vec<Applied> = ops
             .iter()
-            .map(|op| Applied {
-                applied: stored.get(op.id().as_bytes()).is_none_or(|&v| op.version() as i64 > v),
-                current: stored.get(op.id().as_bytes()) == Some(&(op.version() as i64)),
-                prior: live.get(op.id().as_bytes()).cloned(),
+            .map(|op| {
+                let id = op.id().as_bytes();
+                let held = stored.get(id).map(|(v, source)| Stored {
+                    source,
+                    version: (*v).max(0) as u64,
+                });
+                decide(op, held, progress.get(&**op.source()).copied(), live.get(id).cloned())
             })
             .collect();
         let mut puts: Vec<&SyncItem> = Vec::new();
@@ -320,15 +356,15 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
             query.execute(&mut *tx).await?;
         }
 
-        // 3b. deletes: drop the live row (if older) and leave a tombstone
+        // 3b. deletes: drop the live row (if older, or of another source) and leave a tombstone
         for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "DELETE FROM sync_items WHERE {}",
-                vec!["(id = ? AND version < ?)"; chunk.len()].join(" OR ")
+                vec!["(id = ? AND (version < ? OR source <> ?))"; chunk.len()].join(" OR ")
             );
             let mut query = sqlx::query(&sql);
-            for (id, _, version) in chunk {
-                query = query.bind(id.as_bytes()).bind(*version);
+            for (id, source, version) in chunk {
+                query = query.bind(id.as_bytes()).bind(*version).bind(source.as_bytes());
             }
             query.execute(&mut *tx).await?;
             let sql = upsert_tombstones_sql(dialect, chunk.len());
