@@ -41,6 +41,10 @@ pub enum SyncError {
     #[error("configuration: {0}")]
     Config(String),
 
+    /// A backend did not answer in time (or a step is waiting on one); try again later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
     #[error("SQL tier: {0}")]
     Sql(#[from] sqlx::Error),
 
@@ -62,7 +66,8 @@ impl SyncError {
             | SyncError::PayloadTooLarge { .. }
             | SyncError::InvalidQuery(_)
             | SyncError::Corrupt { .. } => ErrorClass::Data,
-            SyncError::Redis(_) | SyncError::Kafka(_) => ErrorClass::Retryable,
+            SyncError::Redis(_) | SyncError::Unavailable(_) => ErrorClass::Retryable,
+            SyncError::Kafka(e) => kafka_class(e),
             SyncError::NotRunning | SyncError::Config(_) | SyncError::Migrate(_) => {
                 ErrorClass::Fatal
             }
@@ -82,6 +87,35 @@ impl SyncError {
                 _ => ErrorClass::Fatal,
             },
         }
+    }
+}
+
+/// Kafka errors that no retry can fix: a topic that cannot exist or be written, a record the
+/// broker will never take, a client that cannot be built. Everything else (timeouts, broker
+/// or coordinator moves, network) is worth another try.
+fn kafka_class(e: &rdkafka::error::KafkaError) -> ErrorClass {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    if matches!(
+        e,
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Nul(_)
+    ) {
+        return ErrorClass::Fatal;
+    }
+    match e.rdkafka_error_code() {
+        Some(
+            Code::InvalidTopic
+            | Code::UnknownTopic
+            | Code::UnknownTopicOrPartition
+            | Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed
+            | Code::GroupAuthorizationFailed
+            | Code::SaslAuthenticationFailed
+            | Code::Authentication
+            | Code::MessageSizeTooLarge
+            | Code::InvalidRecord
+            | Code::Fatal,
+        ) => ErrorClass::Fatal,
+        _ => ErrorClass::Retryable,
     }
 }
 

@@ -9,7 +9,9 @@ use jsonschema::Validator;
 use serde_json::{json, Value};
 use sync_engine::item::content_hash;
 use sync_engine::merkle::ALGORITHM;
-use sync_engine::sidecar::events::{Checkpoint, Confirmation, ConfirmedItem, Op, DLQ_HEADERS};
+use sync_engine::sidecar::events::{
+    Checkpoint, Confirmation, ConfirmedItem, Op, Outcome, DLQ_HEADERS,
+};
 use sync_engine::sidecar::record::DlqCode::{self, *};
 use sync_engine::sidecar::record::{decode, RawRecord};
 
@@ -94,6 +96,7 @@ fn put(offset: i64, id: &str, payload: &[u8], tiers: Vec<&'static str>) -> Confi
         offset,
         id: Some(id.to_string()),
         op: Op::Put,
+        outcome: Some(Outcome::Applied),
         content_hash: Some(content_hash(payload)),
         tiers,
         error_code: None,
@@ -105,6 +108,7 @@ fn delete(offset: i64, id: &str) -> ConfirmedItem {
         offset,
         id: Some(id.to_string()),
         op: Op::Delete,
+        outcome: Some(Outcome::Unchanged),
         content_hash: None,
         tiers: vec!["sql", "redis"],
         error_code: None,
@@ -116,6 +120,7 @@ fn dlq(offset: i64, id: Option<&str>, code: DlqCode) -> ConfirmedItem {
         offset,
         id: id.map(str::to_string),
         op: Op::Dlq,
+        outcome: None,
         content_hash: None,
         tiers: Vec::new(),
         error_code: Some(code.as_str()),
@@ -132,6 +137,7 @@ fn confirmation(items: Vec<ConfirmedItem>) -> Confirmation {
         items,
         state_root: "ab".repeat(32),
         item_count: 7,
+        state_offset: 12,
     }
 }
 

@@ -11,6 +11,9 @@ pub struct ConfirmedItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub op: Op,
+    /// What the write did (puts and deletes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
     /// Hex SHA-256 of the payload as stored (puts only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_hash: Option<String>,
@@ -29,7 +32,20 @@ pub enum Op {
     Dlq,
 }
 
-/// Everything of one source partition made durable by one flush.
+/// What a put or delete did to the stores.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The write took effect (SQL committed it; Redis took it or is being repaired to it).
+    Applied,
+    /// Nothing changed: its partition had already committed this offset (a replay after a
+    /// crash or rebalance).
+    Unchanged,
+}
+
+/// Consecutive records of one source partition made durable by one flush. A flush whose
+/// confirmation would not fit one Kafka message is split into several, with consecutive,
+/// non-overlapping offset ranges and the same `state_root`, `item_count` and `state_offset`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Confirmation {
     #[serde(rename = "type")]
@@ -39,14 +55,51 @@ pub struct Confirmation {
     pub first_offset: i64,
     pub last_offset: i64,
     pub items: Vec<ConfirmedItem>,
-    /// The partition's Merkle state root once these items are committed (hex).
+    /// The partition's Merkle state root once the flush is committed (hex)…
     pub state_root: String,
-    /// How many items the partition holds then.
+    /// …how many items the partition holds then…
     pub item_count: u64,
+    /// …and the last source offset that state includes: the flush's last offset, or a later
+    /// one when SQL already held more of the partition (a replay after a crash).
+    pub state_offset: i64,
 }
 
 impl Confirmation {
     pub const KIND: &'static str = "confirmation";
+
+    /// The flush's confirmation as serialized events of at most `max_bytes` each (fewer when
+    /// one item alone is larger). `template` carries everything but the items.
+    pub fn split(
+        template: &Confirmation,
+        items: &[ConfirmedItem],
+        max_bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        let envelope = |part: &[ConfirmedItem]| {
+            let mut event = template.clone();
+            event.first_offset = part.first().map_or(0, |i| i.offset);
+            event.last_offset = part.last().map_or(0, |i| i.offset);
+            event.items = part.to_vec();
+            serde_json::to_vec(&event).expect("a confirmation serializes")
+        };
+        // the envelope without items, with room for the two offsets' digits
+        let fixed = envelope(&[]).len() + 40;
+        let mut events = Vec::new();
+        let mut start = 0;
+        let mut size = fixed;
+        for (n, item) in items.iter().enumerate() {
+            let len = serde_json::to_vec(item).expect("an item serializes").len() + 1;
+            if n > start && size + len > max_bytes {
+                events.push(envelope(&items[start..n]));
+                start = n;
+                size = fixed;
+            }
+            size += len;
+        }
+        if start < items.len() {
+            events.push(envelope(&items[start..]));
+        }
+        events
+    }
 
     /// The record key: `<topic>:<partition>`, so one partition's confirmations stay ordered.
     pub fn key(&self) -> String {

@@ -1,0 +1,569 @@
+//! What has been consumed but not yet committed, and the cycle that commits it.
+//!
+//! The cycle, in [`Pipeline::cycle`] (every `batch_flush_ms` or `batch_flush_count` records):
+//! 1. make the engine durable (`flush`, bounded by [`FLUSH_WAIT`]);
+//! 2. have every DLQ record acknowledged by the DLQ topic;
+//! 3. per partition: read its state root, produce its confirmation (each item with its
+//!    outcome), and move it from `pending` to `uncommitted`;
+//! 4. produce the checkpoint events that are due;
+//! 5. commit `uncommitted` for the partitions still assigned.
+//!
+//! A retryable failure at any step leaves everything after it for the next attempt (backoff
+//! from [`FIRST_RETRY`] to [`LAST_RETRY`]); steps 1–3 failing also pause consumption. A fatal
+//! one halts the pipeline: nothing is committed from then on, and the run ends with the error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{debug, error, info, warn};
+
+use super::config::PipelineConfig;
+use super::events::{Checkpoint, Confirmation, ConfirmedItem, Op, Outcome, DLQ_HEADERS};
+use super::output::{DeadLetter, Output};
+use super::record::{self, RawRecord, Rejection, Write};
+use super::{trace, Summary};
+use crate::engine::SyncEngine;
+use crate::error::{ErrorClass, Result, SyncError};
+
+/// How long a cycle waits for the engine to be durable before it pauses the partitions and
+/// lets the poll loop go on (rebalances and heartbeats must not wait for SQL).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// How long the cycle waits for one SQL read of its own (a partition's root or progress).
+const READ_WAIT: Duration = Duration::from_secs(5);
+/// Room the pending budget must have for consumption to go on (one large record).
+const BACKPRESSURE_ROOM: usize = 1 << 20;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
+/// A (topic, partition) — the record's own topic, so confirmations, commits and DLQ headers
+/// always name the same one.
+type Partition = (String, i32);
+
+/// One consumed record waiting for its confirmation.
+struct Consumed {
+    item: ConfirmedItem,
+    /// Written to SQL (puts routed there, every delete): a replay there changes nothing.
+    durable: bool,
+}
+
+pub(super) struct Pipeline {
+    engine: Arc<SyncEngine>,
+    output: Output,
+    handle: Handle,
+    config: PipelineConfig,
+    /// Per partition, the records consumed since its last confirmation, in offset order.
+    pending: BTreeMap<Partition, Vec<Consumed>>,
+    pending_since: Option<Instant>,
+    /// Bad records not yet acknowledged by the DLQ topic: no confirmation before they are.
+    dead_letters: Vec<DeadLetter>,
+    /// Per partition, the offset to commit: everything before it is confirmed.
+    uncommitted: BTreeMap<Partition, i64>,
+    /// Per partition, the state confirmed since its last checkpoint event.
+    checkpoints: BTreeMap<Partition, Unpublished>,
+    /// The last cycle failed on something consumption must wait for (SQL, Redis, DLQ, the
+    /// output topic): partitions stay paused until a cycle gets through.
+    stalled: bool,
+    /// Partitions are paused for backpressure.
+    paused: bool,
+    /// After a failed cycle, the next one waits until then.
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+    /// A fatal error happened: nothing is confirmed or committed any more.
+    halted: bool,
+    pub summary: Summary,
+}
+
+/// A partition's newest confirmed state that no checkpoint event carries yet.
+struct Unpublished {
+    checkpoint: Checkpoint,
+    batches: u32,
+    since: Instant,
+}
+
+impl Pipeline {
+    pub fn new(
+        engine: Arc<SyncEngine>,
+        output: Output,
+        handle: Handle,
+        config: PipelineConfig,
+    ) -> Self {
+        Pipeline {
+            engine,
+            output,
+            handle,
+            config,
+            pending: BTreeMap::new(),
+            pending_since: None,
+            dead_letters: Vec::new(),
+            uncommitted: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+            stalled: false,
+            paused: false,
+            retry_at: None,
+            retry_delay: FIRST_RETRY,
+            halted: false,
+            summary: Summary::default(),
+        }
+    }
+
+    /// Hands one record to the engine, or to the DLQ.
+    pub fn accept(&mut self, message: &BorrowedMessage<'_>) -> Result<()> {
+        let headers: Vec<(&str, Option<&[u8]>)> = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let (partition, offset) = (message.partition(), message.offset());
+        let span = trace::record_span(&headers, message.topic(), partition, offset);
+        let _in_span = span.enter();
+        let raw = RawRecord {
+            key: message.key(),
+            value: message.payload(),
+            headers,
+        };
+        let source: Arc<str> = Arc::from(format!("{}/{partition}", message.topic()));
+        let version = offset as u64 + 1; // offsets start at 0; version 0 means "unversioned"
+        let has_redis = self.config.engine.redis_url.is_some();
+        let (item, durable) = match record::decode(&raw, self.engine.max_payload_bytes(), has_redis)
+        {
+            Ok(Write::Put { item, options }) => {
+                let tiers = self.tiers(options.sql, options.redis);
+                let confirmed = ConfirmedItem {
+                    offset,
+                    id: Some(item.id().to_string()),
+                    op: Op::Put,
+                    outcome: None,
+                    content_hash: Some(item.content_hash().to_string()),
+                    tiers,
+                    error_code: None,
+                };
+                let durable = options.sql;
+                self.handle.block_on(self.engine.submit_from(
+                    source,
+                    item.with_version(version),
+                    options,
+                ))?;
+                (confirmed, durable)
+            }
+            Ok(Write::Delete { id }) => {
+                self.handle
+                    .block_on(self.engine.delete_from(source, &id, version))?;
+                let confirmed = ConfirmedItem {
+                    offset,
+                    id: Some(id),
+                    op: Op::Delete,
+                    outcome: None,
+                    content_hash: None,
+                    tiers: self.tiers(true, true),
+                    error_code: None,
+                };
+                (confirmed, true)
+            }
+            Err(rejection) => {
+                self.dead_letter(message, &raw, &rejection);
+                let confirmed = ConfirmedItem {
+                    offset,
+                    id: message
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .map(str::to_string),
+                    op: Op::Dlq,
+                    outcome: None,
+                    content_hash: None,
+                    tiers: Vec::new(),
+                    error_code: Some(rejection.code.as_str()),
+                };
+                (confirmed, false)
+            }
+        };
+        match item.op {
+            Op::Dlq => self.summary.dlq += 1,
+            _ => self.summary.written += 1,
+        }
+        self.pending
+            .entry((message.topic().to_string(), partition))
+            .or_default()
+            .push(Consumed { item, durable });
+        self.pending_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn tiers(&self, sql: bool, redis: bool) -> Vec<&'static str> {
+        let mut tiers = Vec::new();
+        if sql {
+            tiers.push("sql");
+        }
+        if redis && self.config.engine.redis_url.is_some() {
+            tiers.push("redis");
+        }
+        tiers
+    }
+
+    /// Queues a bad record for the DLQ with its reason. It is sent now; the cycle waits for
+    /// its acknowledgement (sending it again if needed) before any confirmation.
+    fn dead_letter(&mut self, message: &BorrowedMessage<'_>, raw: &RawRecord<'_>, why: &Rejection) {
+        let mut headers: Vec<(String, Option<Vec<u8>>)> = raw
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+            .collect();
+        let (partition, offset) = (
+            message.partition().to_string(),
+            message.offset().to_string(),
+        );
+        for (key, value) in DLQ_HEADERS.iter().zip([
+            why.code.as_str(),
+            why.message.as_str(),
+            message.topic(),
+            partition.as_str(),
+            offset.as_str(),
+        ]) {
+            headers.push((key.to_string(), Some(value.as_bytes().to_vec())));
+        }
+        debug!(
+            code = why.code.as_str(),
+            partition, offset, "record sent to the DLQ"
+        );
+        let mut letter = DeadLetter {
+            source: (message.topic().to_string(), message.partition()),
+            key: raw.key.map(<[u8]>::to_vec),
+            value: raw.value.map(<[u8]>::to_vec),
+            headers,
+            delivery: None,
+        };
+        if let Err(e) = self.output.send_dead_letter(&mut letter) {
+            debug!(error = %e, "DLQ send refused for now; retried by the next cycle");
+        }
+        self.dead_letters.push(letter);
+    }
+
+    /// Pauses every assigned partition while the engine cannot take more (pending budget full)
+    /// or a cycle is stuck on something (SQL, Redis, the DLQ or output topic); resumes when
+    /// both clear. Paused, the loop keeps polling, so group membership and rebalances carry on.
+    pub fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        let blocked = self.halted || self.stalled || !self.engine.has_room(BACKPRESSURE_ROOM);
+        let Ok(assigned) = consumer.assignment() else {
+            return;
+        };
+        if blocked {
+            if !self.paused {
+                warn!(
+                    stalled = self.stalled,
+                    "pausing partitions: the engine is full or a checkpoint is waiting on SQL, Redis or Kafka"
+                );
+            }
+            // every time: a rebalance may have assigned partitions since
+            let _ = consumer.pause(&assigned);
+        } else if self.paused {
+            info!("resuming partitions");
+            let _ = consumer.resume(&assigned);
+        }
+        self.paused = blocked;
+    }
+
+    /// One turn of the poll loop: the cycle when it is due, checkpoint events when theirs are.
+    pub fn cycle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
+        if self.halted {
+            return Err(halted());
+        }
+        if self.due() {
+            self.run_cycle(consumer, false)?;
+        }
+        Ok(())
+    }
+
+    /// One step of draining after a stop signal: like [`Pipeline::cycle`], and every
+    /// checkpoint event goes out.
+    pub fn drain_step<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
+        if self.halted {
+            return Err(halted());
+        }
+        if self.retry_at.is_none_or(|t| Instant::now() >= t) {
+            self.run_cycle(consumer, true)?;
+        }
+        Ok(())
+    }
+
+    /// Nothing consumed is left uncommitted, and no checkpoint event is unpublished.
+    pub fn is_settled(&self) -> bool {
+        self.pending.is_empty() && self.uncommitted.is_empty() && self.checkpoints.is_empty()
+    }
+
+    fn due(&self) -> bool {
+        if self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let count: usize = self.pending.values().map(Vec::len).sum();
+        let age = Duration::from_millis(self.config.engine.batch_flush_ms);
+        let interval = Duration::from_millis(self.config.kafka.checkpoint_interval_ms);
+        count >= self.config.engine.batch_flush_count
+            || self.pending_since.is_some_and(|t| t.elapsed() >= age)
+            || !self.uncommitted.is_empty()
+            || self
+                .checkpoints
+                .values()
+                .any(|u| u.since.elapsed() >= interval)
+    }
+
+    /// Runs the cycle once; a retryable failure schedules the next attempt, a fatal one
+    /// halts the pipeline and is returned.
+    fn run_cycle<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        all: bool,
+    ) -> Result<()> {
+        match self.try_cycle(consumer, all) {
+            Ok(()) => {
+                if self.stalled {
+                    info!("checkpoint went through again");
+                }
+                self.stalled = false;
+                self.retry_at = None;
+                self.retry_delay = FIRST_RETRY;
+                Ok(())
+            }
+            Err(e) if e.class() == ErrorClass::Retryable => {
+                warn!(error = %e, retry_in = ?self.retry_delay, "checkpoint incomplete; nothing uncommitted is lost, retrying");
+                self.retry_at = Some(Instant::now() + self.retry_delay);
+                self.retry_delay = (self.retry_delay * 2).min(LAST_RETRY);
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "fatal: the sidecar stops without committing anything past this point");
+                self.halted = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn try_cycle<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        all: bool,
+    ) -> Result<()> {
+        if !self.pending.is_empty() {
+            // 1. durable
+            self.stalled = true; // until the confirmations are out
+            self.wait(
+                FLUSH_WAIT,
+                "SQL or Redis to take the batch",
+                self.engine.flush(),
+            )?;
+            // 2. DLQ records acknowledged
+            self.deliver_dead_letters()?;
+            // 3. confirmations
+            let partitions: Vec<Partition> = self.pending.keys().cloned().collect();
+            for partition in partitions {
+                self.confirm(&partition)?;
+            }
+            self.pending_since = None;
+            self.stalled = false;
+        }
+        // 4. checkpoint events, before the offsets they describe are committed
+        self.publish_checkpoints(all)?;
+        // 5. commit
+        self.commit(consumer)
+    }
+
+    fn deliver_dead_letters(&mut self) -> Result<()> {
+        while let Some(letter) = self.dead_letters.first_mut() {
+            if let Err(e) = self.output.await_dead_letter(letter) {
+                error!(error = %e, class = ?e.class(), topic = self.config.kafka.dlq_topic,
+                    "a record could not be written to the DLQ; it and everything after it stay uncommitted");
+                return Err(e);
+            }
+            self.dead_letters.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Produces the confirmation of everything pending for `partition` and moves it to
+    /// `uncommitted`.
+    fn confirm(&mut self, partition: &Partition) -> Result<()> {
+        let (topic, number) = partition;
+        let source = format!("{topic}/{number}");
+        // nothing else writes this partition while we own it: this is the root after
+        // exactly these records (or, after a crash, after what SQL already had)
+        let root = self.wait(READ_WAIT, "SQL to answer", self.engine.merkle_root(&source))?;
+        let sql_offset = self
+            .wait(
+                READ_WAIT,
+                "SQL to answer",
+                self.engine.source_version(&source),
+            )?
+            .map_or(-1, |v| v as i64 - 1);
+        let horizon = self.engine.replay_horizon(&source).unwrap_or(0);
+        let consumed = &self.pending[partition];
+        let items: Vec<ConfirmedItem> = consumed
+            .iter()
+            .map(|c| {
+                let mut item = c.item.clone();
+                if item.op != Op::Dlq {
+                    let replay = c.durable && (item.offset as u64) < horizon;
+                    item.outcome = Some(if replay {
+                        Outcome::Unchanged
+                    } else {
+                        Outcome::Applied
+                    });
+                }
+                item
+            })
+            .collect();
+        let last_offset = items.last().map_or(0, |i| i.offset);
+        let template = Confirmation {
+            kind: Confirmation::KIND,
+            source_topic: topic.clone(),
+            partition: *number,
+            first_offset: 0,
+            last_offset: 0,
+            items: Vec::new(),
+            state_root: root.root.clone(),
+            item_count: root.item_count,
+            state_offset: last_offset.max(sql_offset),
+        };
+        self.summary.confirmations += self.output.confirm(&template, &items)? as u64;
+
+        let unpublished = self
+            .checkpoints
+            .entry(partition.clone())
+            .or_insert_with(|| Unpublished {
+                checkpoint: Checkpoint {
+                    kind: Checkpoint::KIND.to_string(),
+                    source_topic: topic.clone(),
+                    partition: *number,
+                    offset: 0,
+                    state_root: String::new(),
+                    item_count: 0,
+                    algorithm: crate::merkle::ALGORITHM.to_string(),
+                },
+                batches: 0,
+                since: Instant::now(),
+            });
+        unpublished.checkpoint.offset = template.state_offset;
+        unpublished.checkpoint.state_root = root.root;
+        unpublished.checkpoint.item_count = root.item_count;
+        unpublished.batches += 1;
+        self.uncommitted.insert(partition.clone(), last_offset + 1);
+        self.pending.remove(partition);
+        Ok(())
+    }
+
+    /// Sends the checkpoint events that are due (all of them with `all`), delivery awaited.
+    fn publish_checkpoints(&mut self, all: bool) -> Result<()> {
+        let every = self.config.kafka.checkpoint_every_batches.max(1);
+        let interval = Duration::from_millis(self.config.kafka.checkpoint_interval_ms);
+        let due: Vec<Partition> = self
+            .checkpoints
+            .iter()
+            .filter(|(_, u)| all || u.batches >= every || u.since.elapsed() >= interval)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<&Checkpoint> = due
+            .iter()
+            .map(|k| &self.checkpoints[k].checkpoint)
+            .collect();
+        self.output.publish(&events)?;
+        self.summary.checkpoints += due.len() as u64;
+        for key in due {
+            self.checkpoints.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Commits the confirmed offsets of the partitions this consumer still owns. A refused
+    /// commit keeps them for the next cycle; those of partitions given up meanwhile are
+    /// dropped by [`Pipeline::release`] (the next owner replays from the last commit).
+    fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
+        if self.uncommitted.is_empty() {
+            return Ok(());
+        }
+        let assigned = consumer.assignment()?;
+        let mut offsets = TopicPartitionList::new();
+        let mut committing = Vec::new();
+        for ((topic, partition), offset) in &self.uncommitted {
+            if assigned.find_partition(topic, *partition).is_some() {
+                offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+                committing.push((topic.clone(), *partition));
+            }
+        }
+        if committing.is_empty() {
+            return Ok(());
+        }
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => {
+                for key in committing {
+                    self.uncommitted.remove(&key);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // e.g. the group is rebalancing or moved on (IllegalGeneration,
+                // UnknownMemberId, RebalanceInProgress): after the rebalance the offsets are
+                // committed again if the partitions are still ours, dropped if not
+                warn!(error = %e, "offset commit refused; retried while the partitions are ours");
+                Err(SyncError::Unavailable(format!(
+                    "offset commit refused: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Partitions are being revoked: one cycle for everything consumed (so what can be
+    /// committed is), then everything still held for them is forgotten — the next owner
+    /// replays it from the last commit.
+    pub fn release<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        revoked: &[Partition],
+    ) {
+        if !self.halted {
+            let _ = self.run_cycle(consumer, true);
+        }
+        self.dead_letters.retain(|l| !revoked.contains(&l.source));
+        for partition in revoked {
+            let left = self.pending.remove(partition).map_or(0, |p| p.len());
+            let uncommitted = self.uncommitted.remove(partition);
+            self.checkpoints.remove(partition);
+            self.engine
+                .forget_horizon(&format!("{}/{}", partition.0, partition.1));
+            if left > 0 || uncommitted.is_some() {
+                warn!(
+                    topic = partition.0,
+                    partition = partition.1,
+                    left,
+                    ?uncommitted,
+                    "released a partition with records not committed; its next owner replays them"
+                );
+            }
+        }
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+    }
+
+    /// Runs an engine call on the runtime, bounded by `limit`.
+    fn wait<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.handle.block_on(tokio::time::timeout(limit, call)) {
+            Ok(result) => result,
+            Err(_) => Err(SyncError::Unavailable(format!(
+                "waited {limit:?} for {what}"
+            ))),
+        }
+    }
+}
+
+fn halted() -> SyncError {
+    SyncError::Config("the pipeline halted on a fatal error; nothing more is committed".into())
+}
