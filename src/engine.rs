@@ -196,6 +196,7 @@ impl SyncEngine {
             l1: self.l1.clone(),
             config: self.config_rx.clone(),
             horizons: self.horizons.clone(),
+            repairs: crate::repair::Repairs::new(),
         };
         *self.writer.lock().expect("writer lock") = Some(tokio::spawn(writer.run()));
         *self.sequencer.lock().expect("sequencer lock") = Sequencer {

@@ -32,6 +32,7 @@ pub mod item;
 mod l1;
 pub mod merkle;
 pub mod options;
+mod repair;
 pub mod search;
 pub mod sidecar;
 pub mod tier;

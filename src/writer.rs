@@ -6,16 +6,20 @@
 //!
 //! set_state / delete_prefix / delete_by_state / flush:
 //!     flush the batch first, then run alone (L3 ─► Redis ─► L1), then reply
+//!
+//! between commands: Redis repairs (crate::repair)
 //! ```
 //!
 //! Because one task applies everything in queue order, a delete is never overtaken by an
 //! earlier put, and a range operation sees every write submitted before it. A failing L3 is
 //! retried with backoff, never skipped: the batch stays pending (and submit waits on the
-//! pending budget) until it commits. Redis is written after L3 and before L1 settles, so a
-//! reader that misses L1 can never find an older value in Redis than in SQL.
+//! pending budget) until it commits. Redis is written after L3 and before L1 settles; ids it
+//! did not take are recorded for repair before the batch settles, so a reader that misses L1
+//! can never find an older value in Redis than in SQL. Writes routed to Redis only are
+//! retried until Redis takes them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
@@ -26,6 +30,7 @@ use crate::error::Result;
 use crate::filter::{L3Filter, Rebuild};
 use crate::item::SyncItem;
 use crate::l1::{Settled, Stamp, L1};
+use crate::repair::Repairs;
 use crate::tier::redis::{CacheWrite, RedisTier};
 use crate::tier::{DurableTier, Op};
 
@@ -81,6 +86,7 @@ pub(crate) struct Writer {
     /// Batch limits are read from here before every step, so they can change at run time.
     pub config: watch::Receiver<SyncEngineConfig>,
     pub horizons: Horizons,
+    pub repairs: Repairs,
 }
 
 /// Per sidecar partition, what SQL had committed for it before this engine's first batch of
@@ -98,16 +104,24 @@ impl Writer {
         let mut batch = Batch::default();
         loop {
             self.rebuild_filter_if_due();
+            if let Some(redis) = &self.redis {
+                if Instant::now() >= self.repairs.next() {
+                    self.repairs.step(&*self.tier, redis).await;
+                }
+            }
             let limits = Limits::from(&*self.config.borrow());
-            let command = match batch.deadline(&limits) {
+            let deadline = batch.deadline(&limits);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.flush(&mut batch).await;
+                continue;
+            }
+            let repairs = self.redis.as_ref().map(|_| self.repairs.next());
+            let command = match deadline.into_iter().chain(repairs).min() {
                 None => self.queue.recv().await,
-                Some(deadline) => tokio::select! {
+                Some(wake) => tokio::select! {
                     biased;
                     command = self.queue.recv() => command,
-                    _ = tokio::time::sleep_until(deadline.into()) => {
-                        self.flush(&mut batch).await;
-                        continue;
-                    }
+                    _ = tokio::time::sleep_until(wake.into()) => continue,
                 },
             };
             let Some(command) = command else {
@@ -167,7 +181,7 @@ impl Writer {
 
     /// L3 first (tombstones), then the filter, Redis (also cache-only items, which SQL never
     /// had) and L1.
-    async fn delete_range(&self, range: &Range, version: u64) -> Result<u64> {
+    async fn delete_range(&mut self, range: &Range, version: u64) -> Result<u64> {
         let deleted = match range {
             Range::Prefix(prefix) => self.tier.delete_prefix(prefix, version).await,
             Range::State(state) => self.tier.delete_by_state(state, version).await,
@@ -176,7 +190,12 @@ impl Writer {
             deleted.map(|removed| removed.into_iter().map(|r| r.id).collect());
         self.forget(&deleted);
         if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
-            remove_from_redis(redis, ids).await;
+            let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
+            if let Err(e) = redis.write(&writes).await {
+                warn!(error = %e, items = ids.len(), "Redis write failed; those ids are repaired from SQL");
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.repairs.mark(&*self.tier, redis, &ids).await;
+            }
             let cache_only = match range {
                 Range::Prefix(prefix) => redis.remove_prefix(prefix).await,
                 Range::State(state) => redis.remove_state(state).await.map(|_| ()),
@@ -267,15 +286,15 @@ impl Writer {
             .await;
     }
 
-    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
+    async fn set_state(&mut self, id: &str, state: &str, version: u64) -> Result<bool> {
         let in_l3 = self.tier.set_state(id, state, version).await?;
         let mut in_redis = false;
         if let Some(redis) = &self.redis {
             match redis.restate(id, state, version).await {
                 Ok(found) => in_redis = found,
                 Err(e) => {
-                    warn!(error = %e, id, "Redis set_state failed; the id bypasses Redis until rewritten");
-                    redis.mark_dirty(id);
+                    warn!(error = %e, id, "Redis set_state failed; the id is repaired from SQL");
+                    self.repairs.mark(&*self.tier, redis, &[id]).await;
                 }
             }
         }
@@ -292,6 +311,12 @@ impl Writer {
         let entries = batch.take();
         let (durable, cache_only): (Vec<&Entry>, Vec<&Entry>) = entries.iter().partition(|e| e.sql);
         let ops: Vec<Op> = durable.iter().map(|e| e.op.clone()).collect();
+        // Redis is known to be away: record the repairs first and leave Redis alone
+        let redis_away = self.redis.as_ref().is_some_and(|r| !r.available());
+        if let (true, Some(redis)) = (redis_away, &self.redis) {
+            let ids: Vec<&str> = ops.iter().map(Op::id).collect();
+            self.repairs.mark(&*self.tier, redis, &ids).await;
+        }
         let mut delay = FIRST_RETRY;
         let applied = loop {
             match self.tier.apply(&ops).await {
@@ -330,33 +355,21 @@ impl Writer {
             .iter()
             .copied()
             .zip(applied.iter().map(|a| a.applied))
-            .chain(cache_only.into_iter().map(|e| (e, true)))
+            .chain(cache_only.iter().map(|e| (*e, true)))
             .collect();
 
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = self.redis.clone() {
             // a replay of exactly what SQL holds is written again: the crash it follows may
             // have come between the commit and the Redis write
-            let replayed = durable
+            let durable_writes: Vec<CacheWrite> = durable
                 .iter()
                 .zip(&applied)
-                .filter(|(entry, a)| a.current && holds_exactly(&entry.op, a))
-                .map(|(entry, _)| (*entry, true));
-            let writes: Vec<CacheWrite> = outcomes
-                .iter()
-                .copied()
-                .chain(replayed)
-                .filter(|(_, applied)| *applied)
-                .map(|(entry, _)| match &entry.op {
-                    Op::Put(item) if entry.redis => CacheWrite::Put {
-                        item,
-                        ttl: entry.ttl,
-                        mirrored: entry.sql,
-                    },
-                    op => CacheWrite::Remove { id: op.id() },
-                })
+                .filter(|(entry, a)| a.applied || (a.current && holds_exactly(&entry.op, a)))
+                .map(|(entry, _)| cache_write(entry))
                 .collect();
-            // failures are logged and make the ids bypass Redis; SQL has the truth
-            let _ = redis.write(&writes).await;
+            let cache_writes: Vec<CacheWrite> = cache_only.iter().map(|e| cache_write(e)).collect();
+            self.write_redis(&redis, redis_away, durable_writes, cache_writes)
+                .await;
         }
 
         self.l1
@@ -373,6 +386,58 @@ impl Writer {
             }));
         debug!(items = outcomes.len(), "batch committed");
     }
+
+    /// Writes a committed batch to Redis. Durable ids Redis does not take are recorded for
+    /// repair (already done when `skip_durable`); cache-only writes, which nothing could
+    /// repair, are retried until Redis takes them.
+    async fn write_redis(
+        &mut self,
+        redis: &RedisTier,
+        skip_durable: bool,
+        durable: Vec<CacheWrite<'_>>,
+        cache_only: Vec<CacheWrite<'_>>,
+    ) {
+        let mut cache_pending = !cache_only.is_empty();
+        if !skip_durable {
+            let ids: Vec<&str> = durable.iter().map(CacheWrite::id).collect();
+            let mut all = durable.clone();
+            all.extend(cache_only.iter().cloned());
+            match redis.write(&all).await {
+                Ok(()) => cache_pending = false,
+                Err(e) => {
+                    warn!(error = %e, items = ids.len(), "Redis write failed; those ids are repaired from SQL");
+                    self.repairs.mark(&*self.tier, redis, &ids).await;
+                }
+            }
+        }
+        let mut delay = FIRST_RETRY;
+        while cache_pending {
+            match redis.write(&cache_only).await {
+                Ok(()) => cache_pending = false,
+                Err(e) => {
+                    warn!(error = %e, items = cache_only.len(), retry_in = ?delay,
+                        "Redis does not take cache-only writes (they have no SQL copy); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(LAST_RETRY);
+                }
+            }
+        }
+        self.repairs
+            .settle(redis, cache_only.iter().map(CacheWrite::id));
+    }
+}
+
+/// The Redis write of a committed entry: its item with its TTL, or a removal (a delete, or
+/// an item not routed to Redis).
+fn cache_write(entry: &Entry) -> CacheWrite<'_> {
+    match &entry.op {
+        Op::Put(item) if entry.redis => CacheWrite::Put {
+            item,
+            ttl: entry.ttl,
+            mirrored: entry.sql,
+        },
+        op => CacheWrite::Remove { id: op.id() },
+    }
 }
 
 /// Whether the tier's row (or its absence) is what `op` itself wrote — same version and
@@ -383,9 +448,4 @@ fn holds_exactly(op: &Op, outcome: &crate::tier::Applied) -> bool {
         (Op::Delete { .. }, None) => true,
         _ => false,
     }
-}
-
-async fn remove_from_redis(redis: &RedisTier, ids: &[String]) {
-    let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
-    let _ = redis.write(&writes).await;
 }

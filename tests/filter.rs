@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sync_engine::merkle::PartitionDigest;
 use sync_engine::search::Query;
 use sync_engine::tier::memory::MemoryTier;
-use sync_engine::tier::{Applied, DurableTier, LeafRow, Op, Removed};
+use sync_engine::tier::{Applied, DurableTier, LeafRow, Op, Removed, RepairMark};
 use sync_engine::{Result, SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
 
@@ -88,6 +88,15 @@ impl DurableTier for Counting {
     }
     fn payload_limit(&self) -> Option<usize> {
         None
+    }
+    async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()> {
+        self.inner.mark_redis_repairs(ids).await
+    }
+    async fn redis_repairs(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepairMark>> {
+        self.inner.redis_repairs(after, limit).await
+    }
+    async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()> {
+        self.inner.clear_redis_repairs(done).await
     }
 }
 

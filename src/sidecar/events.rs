@@ -143,3 +143,64 @@ pub const DLQ_HEADERS: [&str; 5] = [
     "sync-source-partition",
     "sync-source-offset",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(offset: i64) -> ConfirmedItem {
+        ConfirmedItem {
+            offset,
+            id: Some(format!("id-{offset:05}-{}", "x".repeat(40))),
+            op: Op::Put,
+            outcome: Some(Outcome::Applied),
+            content_hash: Some("ab".repeat(32)),
+            tiers: vec!["sql", "redis"],
+            error_code: None,
+        }
+    }
+
+    fn template() -> Confirmation {
+        Confirmation {
+            kind: Confirmation::KIND,
+            source_topic: "orders".into(),
+            partition: 3,
+            first_offset: 0,
+            last_offset: 0,
+            items: Vec::new(),
+            state_root: "cd".repeat(32),
+            item_count: 10_000,
+            state_offset: 99_999,
+        }
+    }
+
+    #[test]
+    fn a_large_flush_splits_into_consecutive_events_under_the_limit() {
+        let items: Vec<ConfirmedItem> = (90_000..100_000).map(item).collect();
+        for limit in [2048, 10_000, 1_000_000] {
+            let events = Confirmation::split(&template(), &items, limit);
+            let mut next = 90_000;
+            for (n, body) in events.iter().enumerate() {
+                assert!(body.len() <= limit, "{} > {limit}", body.len());
+                if n + 1 < events.len() {
+                    assert!(body.len() > limit * 3 / 4, "greedy: events are filled");
+                }
+                let event: serde_json::Value = serde_json::from_slice(body).unwrap();
+                let offsets: Vec<i64> = event["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["offset"].as_i64().unwrap())
+                    .collect();
+                assert_eq!(event["first_offset"], offsets[0]);
+                assert_eq!(event["last_offset"], *offsets.last().unwrap());
+                assert_eq!(offsets[0], next, "consecutive, non-overlapping");
+                next = offsets.last().unwrap() + 1;
+                assert_eq!(event["state_offset"], 99_999);
+            }
+            assert_eq!(next, 100_000, "every item once");
+        }
+        let one = Confirmation::split(&template(), &items[..100], 1_000_000);
+        assert_eq!(one.len(), 1, "a small flush is one event");
+    }
+}

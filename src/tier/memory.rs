@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     decide, is_partition, merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op,
-    Prior, Removed, Stored,
+    Prior, Removed, RepairMark, Stored,
 };
 use crate::error::Result;
 use crate::item::{content_hash, SyncItem};
@@ -22,6 +22,8 @@ struct Tables {
     tombstones: BTreeMap<Vec<u8>, (Arc<str>, u64)>,
     /// The highest version applied per source (a sidecar partition's progress).
     progress: BTreeMap<String, u64>,
+    /// Ids Redis may be wrong about, with how often each was marked.
+    repairs: BTreeMap<String, u64>,
     /// Merkle digests per partition, moved by every change as the SQL tier's are.
     digests: BTreeMap<String, PartitionDigest>,
 }
@@ -308,5 +310,37 @@ impl DurableTier for MemoryTier {
 
     fn payload_limit(&self) -> Option<usize> {
         None
+    }
+
+    async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()> {
+        let mut t = self.lock();
+        for id in ids {
+            *t.repairs.entry(id.to_string()).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    async fn redis_repairs(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepairMark>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let t = self.lock();
+        let start = after.map_or(Unbounded, |a| Excluded(a.to_string()));
+        Ok(t.repairs
+            .range((start, Unbounded))
+            .take(limit)
+            .map(|(id, marks)| RepairMark {
+                id: id.clone(),
+                marks: Some(*marks),
+            })
+            .collect())
+    }
+
+    async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()> {
+        let mut t = self.lock();
+        for mark in done {
+            if mark.marks.is_none() || t.repairs.get(&mark.id) == mark.marks.as_ref() {
+                t.repairs.remove(&mark.id);
+            }
+        }
+        Ok(())
     }
 }

@@ -241,6 +241,24 @@ pub trait DurableTier: Send + Sync {
 
     /// The largest payload the backend accepts in one row, if it has a limit.
     fn payload_limit(&self) -> Option<usize>;
+
+    /// Records that Redis may hold something else than this tier for `ids`
+    /// (`sync_redis_repairs`), so the repair survives a restart.
+    async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()>;
+
+    /// Up to `limit` repair marks after `after`, in id order.
+    async fn redis_repairs(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepairMark>>;
+
+    /// Deletes repair marks: each only if it was not marked again since it was read (`marks`
+    /// as read), or whatever its count (`marks: None`).
+    async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()>;
+}
+
+/// One id Redis may be wrong about, and how often it was marked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairMark {
+    pub id: String,
+    pub marks: Option<u64>,
 }
 
 /// The smallest byte string greater than every string starting with `prefix`, or `None`
@@ -259,7 +277,47 @@ pub fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_upper_bound;
+    use super::*;
+
+    fn put(source: &str, version: u64) -> Op {
+        Op::Put(Arc::new(
+            SyncItem::new("a".into(), b"1".to_vec())
+                .with_version(version)
+                .with_source(Arc::from(source)),
+        ))
+    }
+
+    fn at(source: &str, version: u64) -> Option<Stored<'_>> {
+        Some(Stored { source, version })
+    }
+
+    #[test]
+    fn library_writes_apply_when_newer_than_the_row() {
+        assert!(decide(&put("local", 5), at("local", 4), None, None).applied);
+        assert!(!decide(&put("local", 4), at("local", 4), None, None).applied);
+        assert!(decide(&put("local", 4), at("local", 4), None, None).current);
+        assert!(!decide(&put("local", 3), at("local", 4), None, None).applied);
+        assert!(decide(&put("local", 1), None, None, None).applied);
+    }
+
+    #[test]
+    fn partition_writes_apply_unless_their_partition_committed_them() {
+        // the id moved from partition 0 (offset 999) to partition 1 (offset 2): it applies
+        let moved = decide(&put("in/1", 3), at("in/0", 1000), Some(2), None);
+        assert!(moved.applied);
+        assert_eq!(moved.progress_before, Some(2));
+        // a replay of partition 0 after that changes nothing
+        assert!(!decide(&put("in/0", 1000), at("in/1", 3), Some(1000), None).applied);
+        // exactly what is stored: a replay, and current (Redis is written again)
+        let same = decide(&put("in/1", 3), at("in/1", 3), Some(3), None);
+        assert!(!same.applied && same.current);
+        // no progress row yet: a row of the same partition still counts as committed
+        assert!(!decide(&put("in/1", 3), at("in/1", 5), None, None).applied);
+        assert_eq!(
+            decide(&put("in/1", 6), at("in/1", 5), None, None).progress_before,
+            Some(0)
+        );
+    }
 
     #[test]
     fn upper_bound() {

@@ -15,10 +15,16 @@
 //! read through [`RedisTier::state_members`], which drops members whose key is gone.
 //!
 //! **Writes.** A batch's writes go out as one MULTI/EXEC pipeline after the SQL commit, so a
-//! TTL is set atomically with its value. Redis must never serve a value older than SQL: when
-//! a write fails, its ids are remembered as *dirty* — reads skip Redis for them, and the next
-//! pipeline deletes them first. While Redis is unreachable, calls fail fast for a second
-//! (instead of paying a connect timeout each time) and callers fall back to SQL.
+//! TTL is set atomically with its value. Every write replaces whole items, so it can be sent
+//! again: a write that fails on a dead connection (one that died while idle) is sent once
+//! more on a fresh one before it counts as failed. Redis must never serve a value older than
+//! SQL: the caller records the ids of a failed write as *dirty* here (reads skip Redis for
+//! them) and durably in SQL, and `crate::repair` rewrites them from SQL (see there).
+//!
+//! **Circuit breaker.** Two connection-level failures in a row open it: calls then fail at
+//! once (callers fall back to SQL, writers record repairs instead of writing) until a delay
+//! has passed — 0.5 s, doubling up to 10 s while Redis stays away. The first call after the
+//! delay is the probe: success closes the breaker, failure reopens it. Transitions are logged.
 //! Not supported: Redis Cluster (the scripts touch keys they cannot declare up front).
 
 use std::collections::HashSet;
@@ -34,6 +40,7 @@ use crate::merkle::{self, PartitionDigest};
 use crate::search::SearchIndex;
 
 /// One change to apply to Redis.
+#[derive(Clone)]
 pub(crate) enum CacheWrite<'a> {
     Put {
         item: &'a SyncItem,
@@ -46,7 +53,7 @@ pub(crate) enum CacheWrite<'a> {
 }
 
 impl CacheWrite<'_> {
-    fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         match self {
             CacheWrite::Put { item, .. } => item.id(),
             CacheWrite::Remove { id } => id,
@@ -95,8 +102,63 @@ impl Probe {
 const WRITES_PER_PIPELINE: usize = 2000;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a connection failure, calls fail fast for this long.
-const COOL_DOWN: Duration = Duration::from_secs(1);
+/// Connection-level failures in a row that open the breaker.
+const TRIP_AFTER: u32 = 2;
+const FIRST_OPEN: Duration = Duration::from_millis(500);
+const LONGEST_OPEN: Duration = Duration::from_secs(10);
+
+/// The Redis circuit breaker (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaker {
+    Closed {
+        failures: u32,
+    },
+    /// Calls fail at once until `until`; the next failure after it waits `delay` × 2.
+    Open {
+        until: Instant,
+        delay: Duration,
+    },
+}
+
+impl Breaker {
+    fn allows(&self, now: Instant) -> bool {
+        match self {
+            Breaker::Closed { .. } => true,
+            Breaker::Open { until, .. } => now >= *until,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if let Breaker::Open { .. } = self {
+            info!("Redis answers again: circuit closed");
+        }
+        *self = Breaker::Closed { failures: 0 };
+    }
+
+    fn failed(&mut self, now: Instant, error: &RedisError) {
+        *self = match *self {
+            Breaker::Closed { failures } if failures + 1 < TRIP_AFTER => Breaker::Closed {
+                failures: failures + 1,
+            },
+            Breaker::Closed { .. } => {
+                warn!(error = %error, open_for = ?FIRST_OPEN,
+                    "Redis unreachable: circuit open; reads go to SQL, writes are repaired in Redis once it answers");
+                Breaker::Open {
+                    until: now + FIRST_OPEN,
+                    delay: FIRST_OPEN,
+                }
+            }
+            Breaker::Open { delay, .. } => {
+                let delay = (delay * 2).min(LONGEST_OPEN);
+                tracing::debug!(error = %error, open_for = ?delay, "Redis probe failed: circuit stays open");
+                Breaker::Open {
+                    until: now + delay,
+                    delay,
+                }
+            }
+        };
+    }
+}
 
 pub struct RedisTier {
     client: redis::Client,
@@ -106,11 +168,12 @@ pub struct RedisTier {
     /// Key prefix of the Merkle mirror hashes: `{prefix}\xffmerkle:`.
     mirrors: Vec<u8>,
     connection: tokio::sync::Mutex<Option<ConnectionManager>>,
-    cooling_until: Mutex<Option<Instant>>,
+    breaker: Mutex<Breaker>,
     /// Whether the server has RedisJSON, learnt on the first connection.
     json_module: Mutex<Option<bool>>,
     /// Whether it also has RediSearch (search needs both).
     search_module: Mutex<Option<bool>>,
+    /// Ids whose Redis copy may be wrong until `crate::repair` rewrites them: reads skip it.
     dirty: Mutex<HashSet<String>>,
     write_script: redis::Script,
     read_script: redis::Script,
@@ -120,6 +183,11 @@ pub struct RedisTier {
 
 fn unavailable(why: &'static str) -> RedisError {
     RedisError::from((redis::ErrorKind::Io, why))
+}
+
+/// The connection failed (refused, reset, timed out): Redis may be away, not wrong.
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 impl RedisTier {
@@ -135,7 +203,7 @@ impl RedisTier {
             sets,
             mirrors,
             connection: tokio::sync::Mutex::new(None),
-            cooling_until: Mutex::new(None),
+            breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             json_module: Mutex::new(None),
             search_module: Mutex::new(None),
             dirty: Mutex::new(HashSet::new()),
@@ -173,10 +241,8 @@ impl RedisTier {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        if let Some(until) = *self.cooling_until.lock().expect("lock") {
-            if Instant::now() < until {
-                return Err(unavailable("Redis unreachable (cooling down)"));
-            }
+        if !self.available() {
+            return Err(unavailable("Redis unreachable (circuit open)"));
         }
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
@@ -186,41 +252,40 @@ impl RedisTier {
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(1);
-        match self.client.get_connection_manager_with_config(config).await {
-            Ok(mut connection) => {
-                let has_json = has_command(&mut connection, "JSON.SET").await?;
-                let has_search = has_json && has_command(&mut connection, "FT.SEARCH").await?;
-                info!(
-                    redisjson = has_json,
-                    redisearch = has_search,
-                    "L2 Redis connected"
-                );
-                *self.json_module.lock().expect("lock") = Some(has_json);
-                *self.search_module.lock().expect("lock") = Some(has_search);
-                *slot = Some(connection.clone());
-                Ok(connection)
-            }
-            Err(e) => {
-                self.cool_down();
-                Err(e)
-            }
-        }
+        let connected = match self.client.get_connection_manager_with_config(config).await {
+            Ok(mut connection) => match has_command(&mut connection, "JSON.SET").await {
+                Ok(has_json) => {
+                    let has_search = has_json && has_command(&mut connection, "FT.SEARCH").await?;
+                    info!(
+                        redisjson = has_json,
+                        redisearch = has_search,
+                        "L2 Redis connected"
+                    );
+                    *self.json_module.lock().expect("lock") = Some(has_json);
+                    *self.search_module.lock().expect("lock") = Some(has_search);
+                    *slot = Some(connection.clone());
+                    Ok(connection)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.observe(connected)
     }
 
-    fn cool_down(&self) {
-        *self.cooling_until.lock().expect("lock") = Some(Instant::now() + COOL_DOWN);
+    /// Whether calls may go to Redis now (the breaker is closed, or open long enough that
+    /// the next call is its probe).
+    pub(crate) fn available(&self) -> bool {
+        self.breaker.lock().expect("lock").allows(Instant::now())
     }
 
-    /// Passes a result through; connection-level failures start a cool-down.
+    /// Passes a result through, telling the breaker about it: connection-level failures count
+    /// towards opening it, anything Redis answered closes it.
     fn observe<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
-        if let Err(e) = &result {
-            if e.is_io_error()
-                || e.is_timeout()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-            {
-                self.cool_down();
-            }
+        let mut breaker = self.breaker.lock().expect("lock");
+        match &result {
+            Err(e) if is_connection_error(e) => breaker.failed(Instant::now(), e),
+            _ => breaker.succeeded(),
         }
         result
     }
@@ -229,45 +294,41 @@ impl RedisTier {
         self.dirty.lock().expect("lock").contains(id)
     }
 
-    /// Makes reads bypass Redis for `id` until a pipeline has deleted its key.
-    pub(crate) fn mark_dirty(&self, id: &str) {
-        self.dirty.lock().expect("lock").insert(id.to_string());
+    /// Makes reads bypass Redis for `ids` until [`RedisTier::clear_dirty`].
+    pub(crate) fn mark_dirty<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        self.dirty
+            .lock()
+            .expect("lock")
+            .extend(ids.into_iter().map(str::to_string));
     }
 
-    /// Applies `writes` (at most one per id) in MULTI/EXEC pipelines. On failure every id
-    /// of the call becomes dirty, so Redis can only lag (and is then bypassed), never lie.
+    pub(crate) fn clear_dirty<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut dirty = self.dirty.lock().expect("lock");
+        for id in ids {
+            dirty.remove(id);
+        }
+    }
+
+    /// Applies `writes` (at most one per id) in MULTI/EXEC pipelines, sending them once more
+    /// on a fresh connection if the first attempt lost its connection. On failure some
+    /// chunks may have been applied and others not: the caller repairs every id.
     pub(crate) async fn write(&self, writes: &[CacheWrite<'_>]) -> Result<(), RedisError> {
-        let dirty: Vec<String> = self.dirty.lock().expect("lock").iter().cloned().collect();
-        if writes.is_empty() && dirty.is_empty() {
+        if writes.is_empty() {
             return Ok(());
         }
-        let cleanup: Vec<CacheWrite> = dirty.iter().map(|id| CacheWrite::Remove { id }).collect();
-        let result = self.write_all(&cleanup, writes).await;
-        let mut set = self.dirty.lock().expect("lock");
-        match &result {
-            Ok(()) => {
-                for id in &dirty {
-                    set.remove(id);
-                }
+        match self.write_all(writes).await {
+            Err(e) if is_connection_error(&e) && self.available() => {
+                tracing::debug!(error = %e, "Redis write lost its connection; sending it again");
+                self.write_all(writes).await
             }
-            Err(e) => {
-                warn!(error = %e, items = writes.len(),
-                    "Redis write failed; those ids bypass Redis until rewritten");
-                set.extend(writes.iter().map(|w| w.id().to_string()));
-            }
+            result => result,
         }
-        result
     }
 
-    async fn write_all(
-        &self,
-        cleanup: &[CacheWrite<'_>],
-        writes: &[CacheWrite<'_>],
-    ) -> Result<(), RedisError> {
+    async fn write_all(&self, writes: &[CacheWrite<'_>]) -> Result<(), RedisError> {
         let mut connection = self.connection().await?;
         let use_json = self.uses_redisjson().unwrap_or(false);
-        let all: Vec<&CacheWrite> = cleanup.iter().chain(writes).collect();
-        for chunk in all.chunks(WRITES_PER_PIPELINE) {
+        for chunk in writes.chunks(WRITES_PER_PIPELINE) {
             let mut pipe = redis::pipe();
             // inside MULTI, so a Redis that restarted (and forgot scripts) still runs them
             pipe.atomic()
@@ -369,7 +430,7 @@ impl RedisTier {
         loop {
             let (next, ids) = self.scan_ids(id_prefix, cursor).await?;
             let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
-            self.write_all(&[], &writes).await?;
+            self.write(&writes).await?;
             if next == 0 {
                 return Ok(());
             }
@@ -509,7 +570,7 @@ impl RedisTier {
     pub(crate) async fn remove_state(&self, state: &str) -> Result<Vec<String>, RedisError> {
         let ids = self.state_members(state).await?;
         let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
-        self.write_all(&[], &writes).await?;
+        self.write(&writes).await?;
         let mut connection = self.connection().await?;
         let _: () = self.observe(
             redis::cmd("DEL")

@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 
 use super::sql_write::{record_source_sql, store_delta};
-use super::{prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed};
+use super::{prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed, RepairMark};
 use crate::error::{Result, SyncError};
 use crate::item::{content_hash, ContentType, SyncItem, LOCAL_SOURCE};
 use crate::merkle::{decode_hash, Bucket, Delta, PartitionDigest};
@@ -602,5 +602,71 @@ impl DurableTier for SqlTier {
             Dialect::MySql => Some(self.max_statement_bytes),
             Dialect::Sqlite => None,
         }
+    }
+
+    async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()> {
+        let upsert = match self.dialect {
+            Dialect::MySql => "ON DUPLICATE KEY UPDATE marks = marks + 1",
+            Dialect::Sqlite => "ON CONFLICT(id) DO UPDATE SET marks = marks + 1",
+        };
+        for chunk in ids.chunks(super::sql_write::ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO sync_redis_repairs (id) VALUES {} {upsert}",
+                vec!["(?)"; chunk.len()].join(",")
+            );
+            on_pool!(self, pool => {
+                let query = chunk.iter().fold(sqlx::query(&sql), |q, id| q.bind(id.as_bytes()));
+                query.execute(pool).await?;
+            });
+        }
+        Ok(())
+    }
+
+    async fn redis_repairs(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepairMark>> {
+        let sql = "SELECT id, marks FROM sync_redis_repairs WHERE id > ? ORDER BY id LIMIT ?";
+        let rows: Vec<(Vec<u8>, i64)> = on_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(after.unwrap_or("").as_bytes())
+                .bind(limit.min(i64::MAX as usize) as i64)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(id, marks)| {
+                Ok(RepairMark {
+                    id: String::from_utf8(id)
+                        .map_err(|_| sqlx::Error::Decode("stored id is not UTF-8".into()))?,
+                    marks: Some(marks.max(0) as u64),
+                })
+            })
+            .collect()
+    }
+
+    async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()> {
+        for chunk in done.chunks(super::sql_write::ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "DELETE FROM sync_redis_repairs WHERE {}",
+                chunk
+                    .iter()
+                    .map(|m| if m.marks.is_some() {
+                        "(id = ? AND marks = ?)"
+                    } else {
+                        "id = ?"
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            );
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for mark in chunk {
+                    query = query.bind(mark.id.as_bytes());
+                    if let Some(marks) = mark.marks {
+                        query = query.bind(marks as i64);
+                    }
+                }
+                query.execute(pool).await?;
+            });
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,229 @@
+//! Redis converges to SQL by itself.
+//!
+//! Redis is written after SQL commits, so it can fall behind: a write fails, Redis is away
+//! (its circuit breaker open), or the process stops before Redis took a batch. The set of ids
+//! it may be wrong about is durable — `sync_redis_repairs` in SQL — and written only when that
+//! happens, so the happy path pays nothing:
+//! - before a batch's transaction while the breaker is open (the batch then skips Redis);
+//! - right after the commit when the batch's Redis write failed.
+//!
+//! Marking waits until SQL takes the marks, like a batch waits for its commit: a flush that
+//! returned never leaves an unrecorded stale id behind. Marked ids are also *dirty* in memory,
+//! so reads skip Redis for them.
+//!
+//! The writer task calls [`Repairs::step`] between commands. A step reads a page of marks,
+//! rewrites each id from its SQL row (the item with its route and a TTL counted from now, or a
+//! removal when SQL has no row or the item is not routed to Redis) and deletes the marks it
+//! served, unless they were marked again meanwhile. Because the writer runs it in queue order,
+//! a repair never puts back anything older than what a batch wrote after it. At start every
+//! mark is read once into the dirty set, so a restarted process never serves an older value
+//! than SQL from Redis, even before the repair has reached that id.
+//!
+//! A write routed to Redis only has no SQL row to repair from: the writer retries it until
+//! Redis takes it (see `Writer::flush`), then clears any mark of its id, which would otherwise
+//! make a later repair remove it.
+
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::item::SyncItem;
+use crate::tier::redis::{CacheWrite, RedisTier};
+use crate::tier::{DurableTier, RepairMark};
+
+/// Marks rewritten per step.
+const PAGE: usize = 500;
+/// Marks read per query when loading them all at start.
+const LOAD_PAGE: usize = 10_000;
+/// How often the marks are looked at when there is nothing known to repair (another process
+/// may have left some).
+const IDLE: Duration = Duration::from_secs(5);
+/// How soon a step is tried again after SQL or Redis failed it.
+const AGAIN: Duration = Duration::from_millis(500);
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
+pub(crate) struct Repairs {
+    next: Instant,
+    /// Every mark has been read into the dirty set once.
+    loaded: bool,
+    /// Where the next page starts (marks that keep failing do not hold the others back).
+    after: Option<String>,
+    /// Ids whose marks go whatever their count: a cache-only write set them right since.
+    settled: Vec<String>,
+}
+
+impl Repairs {
+    pub(crate) fn new() -> Self {
+        Repairs {
+            next: Instant::now(),
+            loaded: false,
+            after: None,
+            settled: Vec::new(),
+        }
+    }
+
+    /// When the next step is due.
+    pub(crate) fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// Records `ids` as possibly wrong in Redis: dirty now, and in SQL (retried until it is).
+    pub(crate) async fn mark(&mut self, tier: &dyn DurableTier, redis: &RedisTier, ids: &[&str]) {
+        if ids.is_empty() {
+            return;
+        }
+        redis.mark_dirty(ids.iter().copied());
+        let mut delay = FIRST_RETRY;
+        while let Err(e) = tier.mark_redis_repairs(ids).await {
+            warn!(error = %e, ids = ids.len(), retry_in = ?delay,
+                "recording Redis repairs in SQL failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(LAST_RETRY);
+        }
+        self.next = self.next.min(Instant::now() + AGAIN);
+    }
+
+    /// `ids` were just written to Redis by cache-only writes, which no repair may undo.
+    pub(crate) fn settle<'a>(&mut self, redis: &RedisTier, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            if redis.is_dirty(id) {
+                redis.clear_dirty([id]);
+                self.settled.push(id.to_string());
+            }
+        }
+    }
+
+    /// One step: rewrite a page of marked ids from SQL. Failures leave the marks for later.
+    pub(crate) async fn step(&mut self, tier: &dyn DurableTier, redis: &RedisTier) {
+        self.next = Instant::now() + AGAIN;
+        if !self.loaded {
+            if let Err(e) = load(tier, redis).await {
+                warn!(error = %e, "reading the Redis repair marks failed; retrying");
+                return;
+            }
+            self.loaded = true;
+        }
+        if !redis.available() {
+            return;
+        }
+        if !self.settled.is_empty() {
+            let done: Vec<RepairMark> = self
+                .settled
+                .iter()
+                .map(|id| RepairMark {
+                    id: id.clone(),
+                    marks: None,
+                })
+                .collect();
+            if tier.clear_redis_repairs(&done).await.is_err() {
+                return;
+            }
+            self.settled.clear();
+        }
+        let marks = match tier.redis_repairs(self.after.as_deref(), PAGE).await {
+            Ok(marks) => marks,
+            Err(e) => {
+                warn!(error = %e, "reading Redis repair marks failed; retrying");
+                return;
+            }
+        };
+        let full = marks.len() == PAGE;
+        self.after = if full {
+            marks.last().map(|m| m.id.clone())
+        } else {
+            None
+        };
+        if marks.is_empty() {
+            self.next = Instant::now() + IDLE;
+            return;
+        }
+        redis.mark_dirty(marks.iter().map(|m| m.id.as_str()));
+        let ids: Vec<&str> = marks.iter().map(|m| m.id.as_str()).collect();
+        let rows = match tier.get_many(&ids).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                warn!(error = %e, "reading rows to repair Redis failed; retrying");
+                return;
+            }
+        };
+        let done = rewrite(redis, &marks, &rows).await;
+        if done.is_empty() {
+            return;
+        }
+        if let Err(e) = tier.clear_redis_repairs(&done).await {
+            warn!(error = %e, "clearing Redis repair marks failed; they are repaired again");
+            return;
+        }
+        redis.clear_dirty(done.iter().map(|m| m.id.as_str()));
+        info!(repaired = done.len(), "Redis rewritten from SQL");
+        if full {
+            self.next = Instant::now();
+        }
+    }
+}
+
+/// Reads every mark into the dirty set.
+async fn load(tier: &dyn DurableTier, redis: &RedisTier) -> crate::error::Result<()> {
+    let mut after: Option<String> = None;
+    let mut count = 0;
+    loop {
+        let page = tier.redis_repairs(after.as_deref(), LOAD_PAGE).await?;
+        count += page.len();
+        redis.mark_dirty(page.iter().map(|m| m.id.as_str()));
+        match page.last() {
+            Some(last) if page.len() == LOAD_PAGE => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    if count > 0 {
+        info!(
+            ids = count,
+            "Redis may be stale for ids marked before this start; repairing them from SQL"
+        );
+    }
+    Ok(())
+}
+
+/// Writes what SQL holds for each marked id to Redis; returns the marks it served. A chunk
+/// Redis refuses for what it holds (not for being away) is retried id by id, so one key
+/// Redis cannot take does not hold back the others.
+async fn rewrite(
+    redis: &RedisTier,
+    marks: &[RepairMark],
+    rows: &[Option<SyncItem>],
+) -> Vec<RepairMark> {
+    let writes: Vec<CacheWrite> = marks
+        .iter()
+        .zip(rows)
+        .map(|(mark, row)| match row {
+            Some(item) if item.redis_ttl_ms().is_some() => CacheWrite::Put {
+                item,
+                ttl: item
+                    .redis_ttl_ms()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis),
+                mirrored: true,
+            },
+            _ => CacheWrite::Remove { id: &mark.id },
+        })
+        .collect();
+    match redis.write(&writes).await {
+        Ok(()) => return marks.to_vec(),
+        Err(e) if !redis.available() => {
+            warn!(error = %e, "Redis repair waits for Redis");
+            return Vec::new();
+        }
+        Err(_) => {}
+    }
+    let mut done = Vec::new();
+    for (mark, write) in marks.iter().zip(&writes) {
+        match redis.write(std::slice::from_ref(write)).await {
+            Ok(()) => done.push(mark.clone()),
+            Err(e) => {
+                warn!(error = %e, id = mark.id, "Redis refuses the repair of this id; reads of it go to SQL")
+            }
+        }
+    }
+    done
+}
