@@ -27,8 +27,11 @@ pub enum ContentType {
 }
 
 impl ContentType {
+    /// JSON when the bytes are UTF-8 (RFC 8259 §8.1; serde_json skips over string contents
+    /// without checking them) and parse fully as one JSON value.
     pub fn detect(bytes: &[u8]) -> Self {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        let text = std::str::from_utf8(bytes);
+        if text.is_ok_and(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()) {
             ContentType::Json
         } else {
             ContentType::Binary
@@ -235,7 +238,7 @@ pub fn validate_state(state: &str) -> Result<()> {
 }
 
 /// Error messages quote at most 64 characters of hostile input.
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
@@ -250,6 +253,12 @@ mod tests {
         assert_eq!(item.content_type(), ContentType::Json);
         assert_eq!(item.content(), &raw[..]);
         assert_eq!(item.content_hash(), content_hash(&raw));
+    }
+
+    #[test]
+    fn json_strings_must_be_utf8() {
+        assert_eq!(ContentType::detect(b"\"\xff\""), ContentType::Binary);
+        assert_eq!(ContentType::detect("\"é\"".as_bytes()), ContentType::Json);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `minute|short|medium|hour|day|week`), `sync-route` (`redis`, `sql`, `redis,sql`),
 //! `content-type` (`application/json` or `application/octet-stream`; absent: detected).
 
-use crate::item::{validate_state, ContentType, SyncItem, MAX_ID_BYTES};
+use crate::item::{truncate, validate_state, ContentType, SyncItem, MAX_ID_BYTES};
 use crate::options::{CacheTtl, SubmitOptions};
 
 /// Why a record went to the DLQ. The codes are a stable contract (schemas/README.md).
@@ -161,7 +161,7 @@ pub fn decode(
             other => {
                 return Err(reject(
                     DlqCode::UnknownContentType,
-                    format!("content-type {other:?}"),
+                    format!("content-type {:?}", truncate(other)),
                 ))
             }
         },
@@ -180,17 +180,17 @@ pub fn decode(
         None => (true, true),
         Some(route) => parse_route(route)?,
     };
-    if !sql && !has_redis {
-        return Err(reject(
-            DlqCode::RouteUnavailable,
-            "sync-route is redis but this sidecar has no Redis tier",
-        ));
-    }
     let ttl = record.header("sync-ttl")?.map(parse_ttl).transpose()?;
     if ttl.is_some() && !redis {
         return Err(reject(
             DlqCode::TtlWithoutRedis,
             "sync-ttl given for an item routed to SQL only",
+        ));
+    }
+    if !sql && !has_redis {
+        return Err(reject(
+            DlqCode::RouteUnavailable,
+            "sync-route is redis but this sidecar has no Redis tier",
         ));
     }
     let state = record.header("sync-state")?;
@@ -215,7 +215,7 @@ fn parse_route(route: &str) -> Result<(bool, bool), Rejection> {
             _ => {
                 return Err(reject(
                     DlqCode::UnknownRoute,
-                    format!("sync-route {route:?}: use redis, sql or redis,sql"),
+                    format!("sync-route {:?}: use redis, sql or redis,sql", truncate(route)),
                 ))
             }
         }
@@ -236,7 +236,7 @@ fn parse_ttl(ttl: &str) -> Result<CacheTtl, Rejection> {
             _ => {
                 return Err(reject(
                     DlqCode::MalformedTtl,
-                    format!("sync-ttl {ttl:?}: seconds (1 to {MAX_TTL_SECS}) or minute|short|medium|hour|day|week"),
+                    format!("sync-ttl {:?}: seconds (1 to {MAX_TTL_SECS}) or minute|short|medium|hour|day|week", truncate(ttl)),
                 ))
             }
         },
