@@ -41,6 +41,8 @@ pub struct Pipeline {
     pub name: String,
     pub partitions: i32,
     pub sql: Backend,
+    /// The bootstrap servers every client of this pipeline uses (the sidecars included).
+    pub brokers: String,
     dir: tempfile::TempDir,
     started: AtomicUsize,
 }
@@ -53,6 +55,16 @@ impl Pipeline {
 
     /// Topics `<name>.in`, `.out` and `.dlq`, each with `partitions` partitions.
     pub async fn on(test: &str, partitions: i32, sql: Backend) -> Pipeline {
+        Pipeline::on_brokers(test, partitions, sql, brokers()).await
+    }
+
+    /// Like `on`, on another broker (e.g. a private one behind a fault proxy).
+    pub async fn on_brokers(
+        test: &str,
+        partitions: i32,
+        sql: Backend,
+        brokers: String,
+    ) -> Pipeline {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -61,6 +73,7 @@ impl Pipeline {
             name: format!("t{}-{test}-{nanos}", std::process::id()),
             partitions,
             sql,
+            brokers,
             dir: tempfile::tempdir().unwrap(),
             started: AtomicUsize::new(0),
         };
@@ -71,7 +84,7 @@ impl Pipeline {
     /// More topics `<name>.<kind>` (tansu does not auto-create them).
     pub async fn create_topics(&self, kinds: &[&str]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .create()
             .unwrap();
         let topics: Vec<String> = kinds.iter().map(|k| self.topic(k)).collect();
@@ -122,7 +135,7 @@ dlq_topic = "{name}.dlq"
 "heartbeat.interval.ms" = "500"
 "#,
                 sql = self.sql.url,
-                brokers = brokers(),
+                brokers = self.brokers,
                 group = self.group(),
                 name = self.name,
             ),
@@ -153,7 +166,7 @@ dlq_topic = "{name}.dlq"
     }
 
     pub fn producer(&self) -> Producer {
-        Producer::new(&self.topic("in"))
+        Producer::on(&self.brokers, &self.topic("in"))
     }
 
     /// Produces records to the input topic; returns (partition, offset) of each, in order.
@@ -165,7 +178,7 @@ dlq_topic = "{name}.dlq"
     pub fn reader(&self, kind: &str) -> Reader {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set(
                 "group.id",
                 format!(
@@ -207,7 +220,7 @@ dlq_topic = "{name}.dlq"
     /// Everything in a topic that nobody writes to any more: appends an end marker to every
     /// partition and reads up to them.
     pub async fn read_all(&self, kind: &str, deadline: Duration) -> Vec<Out> {
-        let producer = Producer::new(&self.topic(kind));
+        let producer = Producer::on(&self.brokers, &self.topic(kind));
         let mut ends = BTreeMap::new();
         for p in 0..self.partitions {
             let record = FutureRecord::<[u8], [u8]>::to(&producer.topic)
@@ -237,7 +250,7 @@ dlq_topic = "{name}.dlq"
     /// The group's committed offset per partition.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set("group.id", self.group())
             .create()
             .unwrap();
@@ -339,6 +352,11 @@ impl Sidecar {
         assert!(status.success(), "{status}; log:\n{}", self.log());
     }
 
+    /// Its exit status if it has exited (`None`: still running).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let end = Instant::now() + deadline;
         loop {
@@ -374,8 +392,12 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(topic: &str) -> Producer {
+        Producer::on(&brokers(), topic)
+    }
+
+    pub fn on(brokers: &str, topic: &str) -> Producer {
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()
