@@ -246,6 +246,9 @@ impl Pipeline {
     /// both clear. Paused, the loop keeps polling, so group membership and rebalances carry on.
     pub fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         let blocked = self.halted || self.stalled || !self.engine.has_room(BACKPRESSURE_ROOM);
+        if !blocked && !self.paused {
+            return;
+        }
         let Ok(assigned) = consumer.assignment() else {
             return;
         };

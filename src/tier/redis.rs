@@ -23,7 +23,7 @@
 //!
 //! **Circuit breaker.** Two connection-level failures in a row open it: calls then fail at
 //! once (callers fall back to SQL, writers record repairs instead of writing) until a delay
-//! has passed — 0.5 s, doubling up to 10 s while Redis stays away. The first call after the
+//! has passed — 0.5 s, doubling up to 2 s while Redis stays away. The first call after the
 //! delay is the probe: success closes the breaker, failure reopens it. Transitions are logged.
 //! Not supported: Redis Cluster (the scripts touch keys they cannot declare up front).
 
@@ -105,7 +105,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connection-level failures in a row that open the breaker.
 const TRIP_AFTER: u32 = 2;
 const FIRST_OPEN: Duration = Duration::from_millis(500);
-const LONGEST_OPEN: Duration = Duration::from_secs(10);
+const LONGEST_OPEN: Duration = Duration::from_secs(2);
 
 /// The Redis circuit breaker (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
