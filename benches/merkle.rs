@@ -37,6 +37,11 @@
 //!    including engine start and its row count, plus the time it prints for the verify
 //!    itself). Reported: rows/s of each.
 //!
+//! With `SYNC_ENGINE_BENCH_BASELINE=<path of another sync-engine binary>` (e.g. one built
+//! from an earlier commit), section 1 compares this build with that one instead (both
+//! `merkle = true`, interleaved the same way), and section 2 is skipped: the cost of a change
+//! on the sidecar's happy path.
+//!
 //! Services (defaults are this machine's): `SYNC_ENGINE_TEST_KAFKA_BROKERS`
 //! (`127.0.0.1:19092`), `SYNC_ENGINE_TEST_MYSQL_URL` (`mysql://root@127.0.0.1:3306/test`;
 //! only its server part is used), `SYNC_ENGINE_TEST_REDIS_URL` (`redis://127.0.0.1:6379`). One
@@ -88,8 +93,41 @@ const SMOKE: Sizes = Sizes {
 // ---------------------------------------------------------------------------------------
 // 1. sidecar throughput, merkle on vs off
 
-struct ThroughputRun {
+/// One side of each interleaved pair of runs.
+struct Variant {
+    name: String,
+    binary: String,
     merkle: bool,
+}
+
+const BASELINE_ENV: &str = "SYNC_ENGINE_BENCH_BASELINE";
+
+/// Merkle on vs off on this build, or this build vs a baseline binary.
+fn variants() -> [Variant; 2] {
+    match std::env::var(BASELINE_ENV) {
+        Ok(baseline) => [
+            Variant {
+                name: "this build".into(),
+                binary: SIDECAR.into(),
+                merkle: true,
+            },
+            Variant {
+                name: "baseline".into(),
+                binary: baseline,
+                merkle: true,
+            },
+        ],
+        Err(_) => [true, false].map(|merkle| Variant {
+            name: format!("merkle = {merkle}"),
+            binary: SIDECAR.into(),
+            merkle,
+        }),
+    }
+}
+
+struct ThroughputRun {
+    /// Index into `variants()`.
+    variant: usize,
     backlog: Backlog,
 }
 
@@ -111,14 +149,19 @@ async fn throughput_run(
     env: &Env,
     input: &str,
     run: usize,
-    merkle: bool,
+    (index, variant): (usize, &Variant),
     n: usize,
 ) -> ThroughputRun {
-    let label = format!("{}{run}", if merkle { "on" } else { "off" });
+    let label = format!("{}{run}", if index == 0 { "a" } else { "b" });
     let pipe = Pipe::new(env, &label, Some(input)).await;
     let reader = ConfirmationReader::start(env, &pipe.output(env));
     let start = Instant::now();
-    let mut sidecar = pipe.start(env, DEFAULT_TUNING, &format!("merkle = {merkle}\n"));
+    let mut sidecar = pipe.start_binary(
+        env,
+        DEFAULT_TUNING,
+        &format!("merkle = {}\n", variant.merkle),
+        &variant.binary,
+    );
     let backlog = reader
         .all_confirmed(env, &label, &mut sidecar, start, n)
         .await;
@@ -134,11 +177,14 @@ async fn throughput_run(
     if rows != n as i64 || keys < n {
         println!("      WARNING {label}: {rows} rows in MariaDB, {keys} Redis keys (expected {n})");
     }
-    let run = ThroughputRun { merkle, backlog };
+    let run = ThroughputRun {
+        variant: index,
+        backlog,
+    };
     println!(
-        "  merkle = {:<5}: {:>6.0} items/s steady, {:>6.0} end-to-end (first confirmation at {:.2} s, \
+        "  {:<14}: {:>6.0} items/s steady, {:>6.0} end-to-end (first confirmation at {:.2} s, \
          all at {:.2} s) | CPU µs/item: sidecar {:.0}, mariadbd {:.0}; other load {:.2} cores",
-        merkle,
+        variant.name,
         run.backlog.steady(),
         run.backlog.rate(),
         run.backlog.to_first.as_secs_f64(),
@@ -247,7 +293,7 @@ async fn verify_bench(env: &Env, rows: usize) -> VerifyBench {
 
     let pipeline = env.pipeline("verify", &db, &prefix, "", "");
     let start = Instant::now();
-    let mut process = Process::spawn(env, "verify", &["verify"], &pipeline);
+    let mut process = Process::spawn_binary(env, "verify", SIDECAR, &["verify"], &pipeline);
     let ok = process.wait(Duration::from_secs(1800)).success();
     let wall = start.elapsed().as_secs_f64();
     let log = process.log();
@@ -298,79 +344,101 @@ async fn bench(env: &Env, sizes: Sizes) {
         "  produced {n} records in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    let variants = variants();
     let mut runs = Vec::new();
     for pair in 0..sizes.pairs {
-        for merkle in [true, false] {
-            runs.push(throughput_run(env, &input, pair, merkle, n).await);
+        for variant in variants.iter().enumerate() {
+            runs.push(throughput_run(env, &input, pair, variant, n).await);
         }
     }
     env.delete_topics(&[input]).await;
 
     // 2. verify
-    let verify = verify_bench(env, sizes.verify_rows).await;
+    let comparing = std::env::var(BASELINE_ENV).is_ok();
+    let verify = if comparing {
+        None
+    } else {
+        Some(verify_bench(env, sizes.verify_rows).await)
+    };
 
     // summary
-    let of = |merkle: bool| -> Vec<&ThroughputRun> {
-        runs.iter().filter(|r| r.merkle == merkle).collect()
-    };
-    let steady =
-        |merkle: bool| -> Vec<f64> { of(merkle).iter().map(|r| r.backlog.steady()).collect() };
+    let of = |v: usize| -> Vec<&ThroughputRun> { runs.iter().filter(|r| r.variant == v).collect() };
+    let steady = |v: usize| -> Vec<f64> { of(v).iter().map(|r| r.backlog.steady()).collect() };
     let pair_ratios: Vec<f64> = runs
         .chunks(2)
         .map(|pair| pair[1].backlog.steady() / pair[0].backlog.steady())
         .collect();
-    let ratio = median(&steady(false)) / median(&steady(true));
+    let ratio = median(&steady(1)) / median(&steady(0));
     println!();
     println!("======================== merkle bench summary ========================");
     println!(
         "1. sidecar (`sync-engine run`, MariaDB + Redis, batch_flush_count 1000), N = {n} × {ITEM_BYTES} B, \
-         {PARTITIONS} partitions, {} interleaved on/off pairs",
-        sizes.pairs
+         {PARTITIONS} partitions, {} interleaved pairs ({} / {})",
+        sizes.pairs, variants[0].name, variants[1].name
     );
     println!(
         "   {:<15} {:>14} {:>14} {:>13} {:>14}   steady runs",
         "", "steady items/s", "end-to-end/s", "sidecar µs/it", "mariadbd µs/it"
     );
-    for merkle in [true, false] {
-        let runs = of(merkle);
+    for (v, variant) in variants.iter().enumerate() {
+        let runs = of(v);
         let m = |f: &dyn Fn(&ThroughputRun) -> f64| {
             median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
         };
         println!(
-            "   merkle = {:<6} {:>14.0} {:>14.0} {:>13.0} {:>14.0}   {}",
-            merkle,
-            median(&steady(merkle)),
+            "   {:<15} {:>14.0} {:>14.0} {:>13.0} {:>14.0}   {}",
+            variant.name,
+            median(&steady(v)),
             m(&|r| r.backlog.rate()),
             m(&|r| r.cpu_us("sidecar")),
             m(&|r| r.cpu_us("mariadbd")),
-            list(&steady(merkle), 0)
+            list(&steady(v), 0)
         );
     }
     println!(
-        "   off/on = {ratio:.3} (medians); per pair: {} → median {:.3}",
+        "   {} / {} = {ratio:.3} (medians); per pair: {} → median {:.3}",
+        variants[1].name,
+        variants[0].name,
         list(&pair_ratios, 3),
         median(&pair_ratios)
     );
-    println!(
-        "   Merkle maintenance costs {:.1} % of steady throughput (1 − on/off, per-pair median; \
-         {:.1} % from the medians)",
-        (1.0 - 1.0 / median(&pair_ratios)) * 100.0,
-        (1.0 - 1.0 / ratio) * 100.0
-    );
+    if comparing {
+        println!(
+            "   this build's steady throughput is {:.1} % of the baseline's (per-pair median; \
+             {:.1} % from the medians)",
+            100.0 / median(&pair_ratios),
+            100.0 / ratio
+        );
+    } else {
+        println!(
+            "   Merkle maintenance costs {:.1} % of steady throughput (1 − on/off, per-pair median; \
+             {:.1} % from the medians)",
+            (1.0 - 1.0 / median(&pair_ratios)) * 100.0,
+            (1.0 - 1.0 / ratio) * 100.0
+        );
+    }
     let other: Vec<f64> = runs.iter().map(ThroughputRun::other_load).collect();
     println!(
         "   other load during the steady windows: {} cores (of {})",
         list(&other, 2),
         cores()
     );
+    if let Some(verify) = verify {
+        print_verify(&verify, sizes.verify_rows);
+    }
+    println!("{}", machine_line(&load_before, started));
+    println!("=======================================================================");
+}
+
+fn print_verify(verify: &VerifyBench, rows: usize) {
     println!(
         "2. verify on {} rows (partition `local`, 1 KiB JSON, Redis holds every row)",
-        sizes.verify_rows
+        rows
     );
     println!(
         "   load through the engine (batch_flush_count 5000): {:.1} s = {:.0} rows/s",
         verify.load.as_secs_f64(),
-        sizes.verify_rows as f64 / verify.load.as_secs_f64()
+        rows as f64 / verify.load.as_secs_f64()
     );
     for r in &verify.runs {
         println!(
@@ -383,14 +451,12 @@ async fn bench(env: &Env, sizes: Sizes) {
     let (wall, own) = verify.process;
     println!(
         "   `sync-engine verify` process: {wall:>7.2} s = {:>8.0} rows/s wall{}",
-        sizes.verify_rows as f64 / wall,
+        rows as f64 / wall,
         own.map_or(String::new(), |s| format!(
             " ({s:.2} s = {:.0} rows/s in verify itself)",
-            sizes.verify_rows as f64 / s
+            rows as f64 / s
         ))
     );
-    println!("{}", machine_line(&load_before, started));
-    println!("=======================================================================");
 }
 
 fn main() {

@@ -579,6 +579,11 @@ impl Pipe {
     /// Spawns `sync-engine run` with the pipeline of `pipelines/default.toml` (checkpoint
     /// triggers `flush`), `session.timeout.ms = 6000`, and the `engine` keys.
     pub fn start(&self, env: &Env, flush: Tuning, engine: &str) -> Process {
+        self.start_binary(env, flush, engine, SIDECAR)
+    }
+
+    /// Like `start`, with another `sync-engine` binary (e.g. a baseline build to compare with).
+    pub fn start_binary(&self, env: &Env, flush: Tuning, engine: &str, binary: &str) -> Process {
         let output = self.output(env);
         let pipeline = env.pipeline(
             &self.label,
@@ -608,7 +613,7 @@ dlq_topic = "{dlq}"
                 )),
             ),
         );
-        Process::spawn(env, &self.label, &["run"], &pipeline)
+        Process::spawn_binary(env, &self.label, binary, &["run"], &pipeline)
     }
 
     /// Counts the rows, removes the database, keys and the topics it created; returns (rows,
@@ -630,10 +635,16 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(env: &Env, label: &str, args: &[&str], pipeline: &Path) -> Process {
+    pub fn spawn_binary(
+        env: &Env,
+        label: &str,
+        binary: &str,
+        args: &[&str],
+        pipeline: &Path,
+    ) -> Process {
         let log = env.dir.path().join(format!("{label}.log"));
         let out = std::fs::File::create(&log).expect("create the log file");
-        let child = Command::new(SIDECAR)
+        let child = Command::new(binary)
             .args(args)
             .arg("--pipeline")
             .arg(pipeline)
