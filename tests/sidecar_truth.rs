@@ -354,3 +354,23 @@ async fn writes_routed_to_redis_only_are_confirmed_once_redis_has_them() {
         "cache-only: no SQL row"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_started_while_sql_is_unreachable_waits_for_it() {
+    let p = Pipeline::on("sqlstart", 1, Backend::mariadb().await).await;
+    let (server, db) = p.sql.url.rsplit_once('/').unwrap();
+    let upstream = server.rsplit_once('@').unwrap().1;
+    let proxy = fault::Proxy::start(upstream);
+    proxy.set(fault::Mode::Refuse);
+    let url = format!("mysql://root@{}/{db}", proxy.addr());
+    let mut sidecar = p.start_with("", &[("SYNC_ENGINE__SQL_URL", url.as_str())]);
+    wait_for_log(&p, Duration::from_secs(30), |log| {
+        log.contains("the engine cannot start yet")
+    });
+    assert!(sidecar.try_status().is_none(), "{}", p.log());
+    proxy.restore();
+    let positions = p.produce(&good_bad_good("ss")).await;
+    p.wait_committed(&log_ends(positions), Duration::from_secs(90));
+    sidecar.stop();
+    assert_eq!(p.sql.raw().await.rows().await.len(), 2);
+}

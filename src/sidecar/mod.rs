@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::engine::SyncEngine;
-use crate::error::{Result, SyncError};
+use crate::error::{ErrorClass, Result, SyncError};
 use config::PipelineConfig;
 use output::Output;
 use pipeline::Pipeline;
@@ -62,7 +62,7 @@ pub struct Summary {
 pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summary> {
     let (_tx, rx) = watch::channel(config.engine.clone());
     let mut engine = SyncEngine::new(config.engine.clone(), rx);
-    engine.start().await?;
+    start(&mut engine, &stop).await?;
     let engine = Arc::new(engine);
     let output = Output::new(&config, Handle::current())?;
     let pipeline = Arc::new(Mutex::new(Pipeline::new(
@@ -79,6 +79,23 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
     let summary = pipeline.lock().expect("pipeline lock").summary;
     info!(?summary, "sidecar stopped");
     result.map(|()| summary)
+}
+
+/// Starts the engine, waiting for SQL while it is unreachable (a database failing over as the
+/// sidecar starts is not a reason to crash-loop); a fatal error, or a stop signal, ends it.
+async fn start(engine: &mut SyncEngine, stop: &AtomicBool) -> Result<()> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match engine.start().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.class() == ErrorClass::Retryable && !stop.load(Ordering::SeqCst) => {
+                warn!(error = %e, retry_in = ?delay, "the engine cannot start yet (SQL unreachable?); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn consumer_config(config: &PipelineConfig) -> ClientConfig {
