@@ -98,6 +98,11 @@ async fn start(engine: &mut SyncEngine, stop: &AtomicBool) -> Result<()> {
     }
 }
 
+/// librdkafka's reconnect backoff grows to 10 s by default: after a broker outage of that
+/// length the sidecar would sit idle for up to 10 s more. 1 s costs one connection attempt per
+/// second while a broker is away (both clients; `[kafka.consumer]`/`[kafka.producer]` override).
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 fn consumer_config(config: &PipelineConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.kafka.brokers)
@@ -105,7 +110,8 @@ fn consumer_config(config: &PipelineConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     for (k, v) in &config.kafka.consumer {
         c.set(k, v);
     }

@@ -53,7 +53,8 @@ impl Output {
         c.set("bootstrap.servers", &config.kafka.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            .set("reconnect.backoff.max.ms", super::RECONNECT_BACKOFF_MAX_MS);
         for (k, v) in &config.kafka.producer {
             c.set(k, v);
         }

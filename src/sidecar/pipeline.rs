@@ -319,9 +319,10 @@ impl Pipeline {
         consumer: &BaseConsumer<C>,
         all: bool,
     ) -> Result<()> {
+        let was_failing = self.retry_at.is_some();
         match self.try_cycle(consumer, all) {
             Ok(()) => {
-                if self.stalled {
+                if was_failing {
                     info!("checkpoint went through again");
                 }
                 self.stalled = false;
@@ -509,7 +510,11 @@ impl Pipeline {
             Err(e) => {
                 // e.g. the group is rebalancing or moved on (IllegalGeneration,
                 // UnknownMemberId, RebalanceInProgress): after the rebalance the offsets are
-                // committed again if the partitions are still ours, dropped if not
+                // committed again if the partitions are still ours, dropped if not. (The
+                // commit is synchronous: asynchronous ones, sent while a cooperative rebalance
+                // was under way, left tansu's group without an assignment for minutes in
+                // tests/sidecar_faults.rs, and rust-rdkafka does not report their results,
+                // fede1024/rust-rdkafka#856.)
                 warn!(error = %e, "offset commit refused; retried while the partitions are ours");
                 Err(SyncError::Unavailable(format!(
                     "offset commit refused: {e}"

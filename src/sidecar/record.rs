@@ -215,7 +215,10 @@ fn parse_route(route: &str) -> Result<(bool, bool), Rejection> {
             _ => {
                 return Err(reject(
                     DlqCode::UnknownRoute,
-                    format!("sync-route {:?}: use redis, sql or redis,sql", truncate(route)),
+                    format!(
+                        "sync-route {:?}: use redis, sql or redis,sql",
+                        truncate(route)
+                    ),
                 ))
             }
         }
