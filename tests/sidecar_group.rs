@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::Backend;
 use kafka::{
-    confirmations, confirmed, delete, log_ends, put, Feed, Pipeline, Position, Rec, Sidecar,
+    confirmations, confirmed, delete, differences, log_ends, put, Feed, Pipeline, Position, Rec,
+    Sidecar,
 };
 use sync_engine::item::content_hash;
 
@@ -40,25 +41,6 @@ fn last_per_id(sent: &[(Rec, Position)]) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
     }
     last.into_iter()
         .filter_map(|(id, row)| row.map(|row| (id, row)))
-        .collect()
-}
-
-/// The ids on which two maps disagree, with both sides (for readable failures).
-fn differences<V: PartialEq + std::fmt::Debug>(
-    actual: &BTreeMap<Vec<u8>, V>,
-    expected: &BTreeMap<Vec<u8>, V>,
-) -> Vec<String> {
-    let ids: BTreeSet<&Vec<u8>> = actual.keys().chain(expected.keys()).collect();
-    ids.into_iter()
-        .filter(|id| actual.get(*id) != expected.get(*id))
-        .map(|id| {
-            format!(
-                "{}: stored {:?}, expected {:?}",
-                String::from_utf8_lossy(id),
-                actual.get(id),
-                expected.get(id)
-            )
-        })
         .collect()
 }
 
@@ -131,18 +113,7 @@ async fn two_sidecars_split_then_one_is_killed() {
     }
 
     // each id holds the last value produced for it (or is gone): nothing lost, nothing regressed
-    let stored: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = p
-        .sql
-        .raw()
-        .await
-        .rows()
-        .await
-        .into_iter()
-        .map(|r| {
-            let payload = r.content();
-            (r.id, (payload, r.version))
-        })
-        .collect();
+    let stored = p.sql.raw().await.contents().await;
     let differences = differences(&stored, &last_per_id(&sent));
     assert!(
         differences.is_empty(),

@@ -5,7 +5,7 @@
 //! Declared by each test binary as `#[path = "common/kafka.rs"] mod kafka;` next to `mod common;`.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -249,26 +249,33 @@ dlq_topic = "{name}.dlq"
 
     /// The group's committed offset per partition.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
+        self.try_committed(Duration::from_secs(10))
+            .expect("the broker answers the committed offsets")
+    }
+
+    /// The group's committed offset per partition, or None when the broker does not answer
+    /// within `wait` (right after a broker outage, say).
+    pub fn try_committed(&self, wait: Duration) -> Option<BTreeMap<i32, i64>> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", self.group())
             .create()
-            .unwrap();
+            .ok()?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
             tpl.add_partition(&self.topic("in"), p);
         }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
+        let committed = consumer.committed_offsets(tpl, wait).ok()?;
+        Some(
+            committed
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((e.partition(), o)),
+                    _ => None,
+                })
+                .collect(),
+        )
     }
 
     /// Waits until the group's committed offsets are exactly `ends`, or panics.
@@ -661,4 +668,32 @@ pub fn confirmed(outs: &[Out]) -> BTreeMap<(i32, i64), usize> {
         }
     }
     seen
+}
+
+/// The ids on which two maps disagree, with both sides (for readable failures).
+pub fn differences<V: PartialEq + std::fmt::Debug>(
+    actual: &BTreeMap<Vec<u8>, V>,
+    expected: &BTreeMap<Vec<u8>, V>,
+) -> Vec<String> {
+    let ids: BTreeSet<&Vec<u8>> = actual.keys().chain(expected.keys()).collect();
+    ids.into_iter()
+        .filter(|id| actual.get(*id) != expected.get(*id))
+        .map(|id| {
+            format!(
+                "{}: stored {}, expected {}",
+                String::from_utf8_lossy(id),
+                shown(actual.get(id)),
+                shown(expected.get(id))
+            )
+        })
+        .collect()
+}
+
+pub fn shown<V: std::fmt::Debug>(v: Option<&V>) -> String {
+    let text = format!("{v:?}");
+    if text.chars().count() > 200 {
+        format!("{}…", text.chars().take(200).collect::<String>())
+    } else {
+        text
+    }
 }

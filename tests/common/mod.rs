@@ -141,6 +141,18 @@ macro_rules! on_raw {
 }
 
 impl Raw {
+    /// Every live row's payload and version, by id.
+    pub async fn contents(&mut self) -> std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+        self.rows()
+            .await
+            .into_iter()
+            .map(|r| {
+                let payload = r.content();
+                (r.id, (payload, r.version))
+            })
+            .collect()
+    }
+
     /// Every live row, by id.
     pub async fn rows(&mut self) -> Vec<RawRow> {
         let sql = "SELECT id, payload, payload_blob, content_hash, state, version FROM sync_items ORDER BY id";
