@@ -49,6 +49,11 @@ pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<(
     let config = PipelineConfig {
         engine: engine.clone(),
         kafka: kafka.clone(),
+        // no endpoint: `dev` is for one developer's machine, and tests run several at once
+        http: sync_engine::sidecar::config::HttpConfig {
+            listen: String::new(),
+            ..Default::default()
+        },
     };
     println!(
         "mock Kafka broker: {brokers}  (topics {}, {}, {}; {PARTITIONS} partitions each)",

@@ -649,6 +649,7 @@ impl Process {
             .arg("--pipeline")
             .arg(pipeline)
             .env("RUST_LOG", "info")
+            .env("SYNC_ENGINE__HTTP__LISTEN", "127.0.0.1:0")
             .stdout(out.try_clone().expect("log file"))
             .stderr(out)
             .spawn()

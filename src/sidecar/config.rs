@@ -25,6 +25,27 @@ pub struct PipelineConfig {
     #[serde(flatten)]
     pub engine: SyncEngineConfig,
     pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the health, readiness and metrics endpoint (`sidecar::http`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Address to serve on; empty: no endpoint.
+    pub listen: String,
+    /// `/readyz` fails once checkpoint cycles have been failing this long.
+    pub unready_after_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:9464".into(),
+            unready_after_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,6 +32,17 @@ pub enum Op {
     Dlq,
 }
 
+impl Op {
+    /// As serialized (`put`, `delete`, `dlq`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Delete => "delete",
+            Op::Dlq => "dlq",
+        }
+    }
+}
+
 /// What a put or delete did to the stores.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +52,16 @@ pub enum Outcome {
     /// Nothing changed: its partition had already committed this offset (a replay after a
     /// crash or rebalance).
     Unchanged,
+}
+
+impl Outcome {
+    /// As serialized (`applied`, `unchanged`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
 }
 
 /// Consecutive records of one source partition made durable by one flush. A flush whose

@@ -26,6 +26,7 @@
 pub mod checkpoints;
 pub mod config;
 pub mod events;
+pub mod http;
 mod output;
 mod pipeline;
 pub mod record;
@@ -45,6 +46,7 @@ use tracing::{info, warn};
 use crate::engine::SyncEngine;
 use crate::error::{ErrorClass, Result, SyncError};
 use config::PipelineConfig;
+use http::Health;
 use output::Output;
 use pipeline::Pipeline;
 
@@ -62,6 +64,14 @@ pub struct Summary {
 pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summary> {
     let (_tx, rx) = watch::channel(config.engine.clone());
     let mut engine = SyncEngine::new(config.engine.clone(), rx);
+    let health = Arc::new(Health::new(Duration::from_millis(
+        config.http.unready_after_ms,
+    )));
+    if !config.http.listen.is_empty() {
+        // up before the engine starts: /healthz answers (and /readyz says why not) while
+        // SQL is still being waited for
+        http::serve(&config.http.listen, health.clone()).await?;
+    }
     start(&mut engine, &stop).await?;
     let engine = Arc::new(engine);
     let output = Output::new(&config, Handle::current())?;
@@ -70,11 +80,13 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
         output,
         Handle::current(),
         config.clone(),
+        health.clone(),
     )));
     let consumer_pipeline = pipeline.clone();
-    let result = tokio::task::spawn_blocking(move || consume(config, consumer_pipeline, stop))
-        .await
-        .map_err(|e| SyncError::Config(format!("consumer thread: {e}")))?;
+    let result =
+        tokio::task::spawn_blocking(move || consume(config, consumer_pipeline, health, stop))
+            .await
+            .map_err(|e| SyncError::Config(format!("consumer thread: {e}")))?;
     engine.shutdown().await;
     let summary = pipeline.lock().expect("pipeline lock").summary;
     info!(?summary, "sidecar stopped");
@@ -122,10 +134,12 @@ fn consumer_config(config: &PipelineConfig) -> ClientConfig {
 fn consume(
     config: PipelineConfig,
     pipeline: Arc<Mutex<Pipeline>>,
+    health: Arc<Health>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let context = Revocations {
         pipeline: pipeline.clone(),
+        health: health.clone(),
     };
     let consumer: BaseConsumer<Revocations> =
         consumer_config(&config).create_with_context(context)?;
@@ -136,6 +150,7 @@ fn consume(
         "consuming"
     );
     while !stop.load(Ordering::SeqCst) {
+        health.polled();
         pipeline
             .lock()
             .expect("pipeline lock")
@@ -148,7 +163,7 @@ fn consume(
         }
         pipeline.lock().expect("pipeline lock").cycle(&consumer)?;
     }
-    drain(&consumer, &pipeline)?;
+    drain(&consumer, &pipeline, &health)?;
     consumer.unsubscribe();
     Ok(())
 }
@@ -156,10 +171,15 @@ fn consume(
 /// After a stop signal: consume nothing more, and run the cycle until everything consumed is
 /// committed (or handed to the next owner by a rebalance). Polling goes on meanwhile, so a
 /// rebalance that is under way completes.
-fn drain(consumer: &BaseConsumer<Revocations>, pipeline: &Mutex<Pipeline>) -> Result<()> {
+fn drain(
+    consumer: &BaseConsumer<Revocations>,
+    pipeline: &Mutex<Pipeline>,
+    health: &Health,
+) -> Result<()> {
     info!("stopping: draining what was consumed");
     let mut warned = false;
     loop {
+        health.polled();
         if let Ok(assigned) = consumer.assignment() {
             let _ = consumer.pause(&assigned);
         }
@@ -183,6 +203,7 @@ fn drain(consumer: &BaseConsumer<Revocations>, pipeline: &Mutex<Pipeline>) -> Re
 /// Finishes, confirms and commits revoked partitions before librdkafka releases them.
 struct Revocations {
     pipeline: Arc<Mutex<Pipeline>>,
+    health: Arc<Health>,
 }
 
 impl ClientContext for Revocations {}
@@ -208,6 +229,7 @@ impl ConsumerContext for Revocations {
             }
             Rebalance::Assign(partitions) => {
                 info!(count = partitions.count(), "partitions assigned");
+                self.health.joined();
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
         }

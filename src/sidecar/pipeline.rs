@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metrics::{counter, gauge, histogram};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -24,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use super::config::PipelineConfig;
 use super::events::{Checkpoint, Confirmation, ConfirmedItem, Op, Outcome, DLQ_HEADERS};
+use super::http::Health;
 use super::output::{DeadLetter, Output};
 use super::record::{self, RawRecord, Rejection, Write};
 use super::{trace, Summary};
@@ -56,6 +58,7 @@ pub(super) struct Pipeline {
     output: Output,
     handle: Handle,
     config: PipelineConfig,
+    health: Arc<Health>,
     /// Per partition, the records consumed since its last confirmation, in offset order.
     pending: BTreeMap<Partition, Vec<Consumed>>,
     pending_since: Option<Instant>,
@@ -91,12 +94,14 @@ impl Pipeline {
         output: Output,
         handle: Handle,
         config: PipelineConfig,
+        health: Arc<Health>,
     ) -> Self {
         Pipeline {
             engine,
             output,
             handle,
             config,
+            health,
             pending: BTreeMap::new(),
             pending_since: None,
             dead_letters: Vec::new(),
@@ -118,6 +123,12 @@ impl Pipeline {
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
             .unwrap_or_default();
         let (partition, offset) = (message.partition(), message.offset());
+        counter!(
+            "sync_engine_records_received_total",
+            "topic" => message.topic().to_string(),
+            "partition" => partition.to_string()
+        )
+        .increment(1);
         let span = trace::record_span(&headers, message.topic(), partition, offset);
         let _in_span = span.enter();
         let raw = RawRecord {
@@ -228,6 +239,7 @@ impl Pipeline {
             code = why.code.as_str(),
             partition, offset, "record sent to the DLQ"
         );
+        counter!("sync_engine_dlq_records_total", "code" => why.code.as_str()).increment(1);
         let mut letter = DeadLetter {
             source: (message.topic().to_string(), message.partition()),
             key: raw.key.map(<[u8]>::to_vec),
@@ -266,6 +278,7 @@ impl Pipeline {
             let _ = consumer.resume(&assigned);
         }
         self.paused = blocked;
+        gauge!("sync_engine_paused").set(if blocked { 1.0 } else { 0.0 });
     }
 
     /// One turn of the poll loop: the cycle when it is due, checkpoint events when theirs are.
@@ -320,8 +333,14 @@ impl Pipeline {
         all: bool,
     ) -> Result<()> {
         let was_failing = self.retry_at.is_some();
-        match self.try_cycle(consumer, all) {
+        let started = Instant::now();
+        let result = self.try_cycle(consumer, all);
+        let pending: usize = self.pending.values().map(Vec::len).sum();
+        gauge!("sync_engine_pending_records").set(pending as f64);
+        match result {
             Ok(()) => {
+                histogram!("sync_engine_cycle_duration_seconds").record(started.elapsed());
+                self.health.cycle_ok();
                 if was_failing {
                     info!("checkpoint went through again");
                 }
@@ -331,12 +350,16 @@ impl Pipeline {
                 Ok(())
             }
             Err(e) if e.class() == ErrorClass::Retryable => {
+                counter!("sync_engine_cycle_failures_total", "class" => "retryable").increment(1);
+                self.health.cycle_failed(&e.to_string());
                 warn!(error = %e, retry_in = ?self.retry_delay, "checkpoint incomplete; nothing uncommitted is lost, retrying");
                 self.retry_at = Some(Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(LAST_RETRY);
                 Ok(())
             }
             Err(e) => {
+                counter!("sync_engine_cycle_failures_total", "class" => "fatal").increment(1);
+                self.health.cycle_failed(&e.to_string());
                 error!(error = %e, "fatal: the sidecar stops without committing anything past this point");
                 self.halted = true;
                 Err(e)
@@ -429,7 +452,14 @@ impl Pipeline {
             item_count: root.item_count,
             state_offset: last_offset.max(sql_offset),
         };
-        self.summary.confirmations += self.output.confirm(&template, &items)? as u64;
+        let events = self.output.confirm(&template, &items)? as u64;
+        self.summary.confirmations += events;
+        counter!("sync_engine_confirmations_total").increment(events);
+        for item in &items {
+            let outcome = item.outcome.map_or("none", Outcome::as_str);
+            counter!("sync_engine_confirmed_records_total", "op" => item.op.as_str(), "outcome" => outcome)
+                .increment(1);
+        }
 
         let unpublished = self
             .checkpoints
@@ -475,6 +505,7 @@ impl Pipeline {
             .collect();
         self.output.publish(&events)?;
         self.summary.checkpoints += due.len() as u64;
+        counter!("sync_engine_checkpoints_total").increment(due.len() as u64);
         for key in due {
             self.checkpoints.remove(&key);
         }
@@ -505,6 +536,11 @@ impl Pipeline {
                 for key in committing {
                     self.uncommitted.remove(&key);
                 }
+                counter!("sync_engine_commits_total").increment(1);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                gauge!("sync_engine_last_commit_timestamp_seconds").set(now.as_secs_f64());
                 Ok(())
             }
             Err(e) => {

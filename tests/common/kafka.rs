@@ -147,6 +147,8 @@ dlq_topic = "{name}.dlq"
             .args(["run", "--pipeline"])
             .arg(&file)
             .env("RUST_LOG", "info")
+            // an HTTP endpoint on a port of its own (tests run sidecars side by side)
+            .env("SYNC_ENGINE__HTTP__LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
