@@ -173,21 +173,23 @@ pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
 }
 
 async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
-    match health.live() {
-        Ok(()) => (StatusCode::OK, Json(json!({"live": true}))),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"live": false, "reason": reason})),
-        ),
-    }
+    answer("live", health.live())
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, Json<serde_json::Value>) {
-    match health.ready() {
-        Ok(()) => (StatusCode::OK, Json(json!({"ready": true}))),
+    answer("ready", health.ready())
+}
+
+/// 200 `{"<what>": true}`, or 503 `{"<what>": false, "reason": …}`.
+fn answer(
+    what: &str,
+    check: std::result::Result<(), String>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    match check {
+        Ok(()) => (StatusCode::OK, Json(json!({ what: true }))),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": reason})),
+            Json(json!({ what: false, "reason": reason })),
         ),
     }
 }

@@ -79,6 +79,9 @@ pub(super) struct Pipeline {
     /// A fatal error happened: nothing is confirmed or committed any more.
     halted: bool,
     pub summary: Summary,
+    /// `sync_engine_records_received_total` per partition of the one input topic, looked up
+    /// once (a labelled `counter!` allocates its labels and searches the registry each time).
+    received: BTreeMap<i32, metrics::Counter>,
 }
 
 /// A partition's newest confirmed state that no checkpoint event carries yet.
@@ -113,6 +116,7 @@ impl Pipeline {
             retry_delay: FIRST_RETRY,
             halted: false,
             summary: Summary::default(),
+            received: BTreeMap::new(),
         }
     }
 
@@ -123,12 +127,16 @@ impl Pipeline {
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
             .unwrap_or_default();
         let (partition, offset) = (message.partition(), message.offset());
-        counter!(
-            "sync_engine_records_received_total",
-            "topic" => message.topic().to_string(),
-            "partition" => partition.to_string()
-        )
-        .increment(1);
+        self.received
+            .entry(partition)
+            .or_insert_with(|| {
+                counter!(
+                    "sync_engine_records_received_total",
+                    "topic" => message.topic().to_string(),
+                    "partition" => partition.to_string()
+                )
+            })
+            .increment(1);
         let span = trace::record_span(&headers, message.topic(), partition, offset);
         let _in_span = span.enter();
         let raw = RawRecord {
@@ -455,10 +463,14 @@ impl Pipeline {
         let events = self.output.confirm(&template, &items)? as u64;
         self.summary.confirmations += events;
         counter!("sync_engine_confirmations_total").increment(events);
+        let mut tally: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
         for item in &items {
             let outcome = item.outcome.map_or("none", Outcome::as_str);
-            counter!("sync_engine_confirmed_records_total", "op" => item.op.as_str(), "outcome" => outcome)
-                .increment(1);
+            *tally.entry((item.op.as_str(), outcome)).or_default() += 1;
+        }
+        for ((op, outcome), count) in tally {
+            counter!("sync_engine_confirmed_records_total", "op" => op, "outcome" => outcome)
+                .increment(count);
         }
 
         let unpublished = self
