@@ -109,9 +109,44 @@ pub fn env_source() -> config::Environment {
         .try_parsing(true)
 }
 
+/// A service URL fit to print: its password (`scheme://user:password@host`) replaced by
+/// `***`. Anything else is left as it is.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("mysql://u:secretpw@db:3306/x?ssl-mode=required"),
+            "mysql://u:***@db:3306/x?ssl-mode=required"
+        );
+        assert_eq!(
+            redacted("rediss://default:p%40ss@cache:6380/0"),
+            "rediss://default:***@cache:6380/0"
+        );
+        assert_eq!(redacted("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redacted("mysql://root@db/x"), "mysql://root@db/x");
+        assert_eq!(
+            redacted("sqlite:///tmp/a@b.db?mode=rwc"),
+            "sqlite:///tmp/a@b.db?mode=rwc"
+        );
+    }
 
     #[test]
     fn file_then_environment() {

@@ -230,7 +230,10 @@ async fn demo(config: Option<PathBuf>, db: PathBuf, items: usize) -> anyhow::Res
     if config.sql_url.is_none() {
         config.sql_url = Some(format!("sqlite://{}?mode=rwc", db.display()));
     }
-    println!("L3: {}", config.sql_url.as_deref().unwrap_or_default());
+    println!(
+        "L3: {}",
+        sync_engine::config::redacted(config.sql_url.as_deref().unwrap_or_default())
+    );
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();

@@ -163,6 +163,26 @@ async fn metrics_count_what_was_produced() {
     let (status, body) = get(&address, "/readyz");
     assert_eq!(status, 200, "{body}");
     sidecar.stop();
+
+    // the DLQ records are summarized, not logged one WARN each: one report per 10 s at most
+    // (the 20 came in one or two cycles), everything reported by the end of the drain
+    let log = stores::strip_colors(&sidecar.log());
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("records sent to the DLQ"))
+        .collect();
+    assert!(!reports.is_empty() && reports.len() <= 2, "{reports:#?}");
+    let reported: u64 = reports
+        .iter()
+        .map(|l| {
+            assert!(l.contains("WARN") && l.contains("unknown_route"), "{l}");
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("total="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a total")
+        })
+        .sum();
+    assert_eq!(reported, 20, "{reports:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,8 @@ const FLUSH_WAIT: Duration = Duration::from_secs(2);
 const READ_WAIT: Duration = Duration::from_secs(5);
 /// Room the pending budget must have for consumption to go on (one large record).
 const BACKPRESSURE_ROOM: usize = 1 << 20;
+/// At most one WARN about DLQ records per this interval.
+const DLQ_REPORT_EVERY: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
@@ -82,6 +84,10 @@ pub(super) struct Pipeline {
     /// `sync_engine_records_received_total` per partition of the one input topic, looked up
     /// once (a labelled `counter!` allocates its labels and searches the registry each time).
     received: BTreeMap<i32, metrics::Counter>,
+    /// DLQ records per code since the last WARN about them (at most one per
+    /// [`DLQ_REPORT_EVERY`]: a stream of bad records is not a stream of log lines).
+    dlq_unreported: BTreeMap<&'static str, u64>,
+    dlq_reported_at: Option<Instant>,
 }
 
 /// A partition's newest confirmed state that no checkpoint event carries yet.
@@ -117,6 +123,8 @@ impl Pipeline {
             halted: false,
             summary: Summary::default(),
             received: BTreeMap::new(),
+            dlq_unreported: BTreeMap::new(),
+            dlq_reported_at: None,
         }
     }
 
@@ -248,6 +256,7 @@ impl Pipeline {
             partition, offset, "record sent to the DLQ"
         );
         counter!("sync_engine_dlq_records_total", "code" => why.code.as_str()).increment(1);
+        *self.dlq_unreported.entry(why.code.as_str()).or_default() += 1;
         let mut letter = DeadLetter {
             source: (message.topic().to_string(), message.partition()),
             key: raw.key.map(<[u8]>::to_vec),
@@ -348,6 +357,7 @@ impl Pipeline {
         match result {
             Ok(()) => {
                 histogram!("sync_engine_cycle_duration_seconds").record(started.elapsed());
+                self.report_dead_letters(all);
                 self.health.cycle_ok();
                 if was_failing {
                     info!("checkpoint went through again");
@@ -402,6 +412,23 @@ impl Pipeline {
         self.publish_checkpoints(all)?;
         // 5. commit
         self.commit(consumer)
+    }
+
+    /// One WARN with the DLQ records per code since the last one, if any, and if the last one
+    /// is at least [`DLQ_REPORT_EVERY`] old (`now`: in any case, e.g. when draining).
+    fn report_dead_letters(&mut self, now: bool) {
+        if self.dlq_unreported.is_empty()
+            || !now
+                && self
+                    .dlq_reported_at
+                    .is_some_and(|t| t.elapsed() < DLQ_REPORT_EVERY)
+        {
+            return;
+        }
+        let codes = std::mem::take(&mut self.dlq_unreported);
+        let total: u64 = codes.values().sum();
+        warn!(total, ?codes, "records sent to the DLQ (the codes are in schemas/README.md; each record at debug level)");
+        self.dlq_reported_at = Some(Instant::now());
     }
 
     fn deliver_dead_letters(&mut self) -> Result<()> {

@@ -141,7 +141,8 @@ impl SqlTier {
             }
         } else {
             return Err(SyncError::Config(format!(
-                "sql_url must start with mysql://, mariadb:// or sqlite: (got {url:?})"
+                "sql_url must start with mysql://, mariadb:// or sqlite: (got {:?})",
+                crate::config::redacted(url)
             )));
         };
         tier.backfill_digests().await?;
