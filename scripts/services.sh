@@ -321,12 +321,27 @@ ensure_services() {
         exec 9>"$SYNC_ENGINE_TOOLS_DIR/.services.lock"
         flock -w 900 9 || die "could not lock $SYNC_ENGINE_TOOLS_DIR/.services.lock within 15 min"
     fi
+    ensure_tools
     ensure_mariadb
     ensure_redis
     ensure_redis_stack
     ensure_kafka
     if command -v flock >/dev/null 2>&1; then
         exec 9>&-
+    fi
+}
+
+# What the build and the TLS tests need besides the services: OpenSSL's headers for
+# librdkafka's SSL/SASL (pkg-config finds them), the openssl CLI that makes the tests'
+# certificates, and socat, the TLS terminator in front of the test broker.
+ensure_tools() {
+    local missing=()
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v socat >/dev/null 2>&1 || missing+=(socat)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
     fi
 }
 

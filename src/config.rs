@@ -1,21 +1,36 @@
 //! Engine configuration: defaults, a TOML file, and `SYNC_ENGINE__*` environment overrides.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::error::{Result, SyncError};
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct SyncEngineConfig {
-    /// L2: `redis://host:port[/db]`. `None`: no Redis tier (cache-only items live in L1).
+    /// L2: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. `None`: no Redis
+    /// tier (cache-only items live in L1).
     pub redis_url: Option<String>,
+    /// Redis password, overriding the URL's (e.g. `SYNC_ENGINE__REDIS_PASSWORD_FILE`).
+    pub redis_password: Option<String>,
+    /// `rediss://`: PEM file of the CA that signed the server's certificate (the system's
+    /// roots are trusted as well).
+    pub redis_ca_file: Option<PathBuf>,
+    /// `rediss://`: client certificate (PEM) for servers that require one…
+    pub redis_cert_file: Option<PathBuf>,
+    /// …and its key (PEM, PKCS#8).
+    pub redis_key_file: Option<PathBuf>,
     /// Prepended to every Redis key (`{redis_prefix}{id}`), to share one Redis.
     pub redis_prefix: Option<String>,
     /// `mysql://…` or `sqlite://path?mode=rwc`. `None` keeps L3 in memory (tests only:
-    /// nothing survives the process).
+    /// nothing survives the process). TLS to MySQL/MariaDB is set in the URL:
+    /// `?ssl-mode=required|verify_ca|verify_identity&ssl-ca=/ca.pem` (and `ssl-cert`,
+    /// `ssl-key` for a client certificate).
     pub sql_url: Option<String>,
+    /// SQL password, overriding the URL's (e.g. `SYNC_ENGINE__SQL_PASSWORD_FILE`).
+    pub sql_password: Option<String>,
     /// Bytes L1 may hold: the evictable cache plus items accepted but not yet durable.
     pub l1_max_bytes: usize,
     /// Largest payload accepted. With MySQL the engine lowers it to fit the server's
@@ -45,8 +60,13 @@ impl Default for SyncEngineConfig {
     fn default() -> Self {
         SyncEngineConfig {
             redis_url: None,
+            redis_password: None,
+            redis_ca_file: None,
+            redis_cert_file: None,
+            redis_key_file: None,
             redis_prefix: None,
             sql_url: None,
+            sql_password: None,
             l1_max_bytes: 256 * 1024 * 1024,
             max_payload_bytes: 16 * 1024 * 1024,
             batch_flush_ms: 100,
@@ -57,6 +77,33 @@ impl Default for SyncEngineConfig {
             backpressure_warn: 0.7,
             backpressure_critical: 0.9,
         }
+    }
+}
+
+/// Passwords never leave the process: URLs are shown with theirs masked, password keys as `***`.
+impl fmt::Debug for SyncEngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(redacted);
+        let secret = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("SyncEngineConfig")
+            .field("redis_url", &url(&self.redis_url))
+            .field("redis_password", &secret(&self.redis_password))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("redis_cert_file", &self.redis_cert_file)
+            .field("redis_key_file", &self.redis_key_file)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("sql_url", &url(&self.sql_url))
+            .field("sql_password", &secret(&self.sql_password))
+            .field("l1_max_bytes", &self.l1_max_bytes)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("batch_flush_ms", &self.batch_flush_ms)
+            .field("batch_flush_count", &self.batch_flush_count)
+            .field("batch_flush_bytes", &self.batch_flush_bytes)
+            .field("l3_filter", &self.l3_filter)
+            .field("merkle", &self.merkle)
+            .field("backpressure_warn", &self.backpressure_warn)
+            .field("backpressure_critical", &self.backpressure_critical)
+            .finish()
     }
 }
 
@@ -71,7 +118,7 @@ impl SyncEngineConfig {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         let config = builder
-            .add_source(env_source())
+            .add_source(env_source()?)
             .build()
             .map_err(|e| SyncError::Config(e.to_string()))?
             .try_deserialize::<SyncEngineConfig>()
@@ -101,12 +148,48 @@ impl SyncEngineConfig {
     }
 }
 
-/// `SYNC_ENGINE__A__B=v` sets key `a.b`.
-pub fn env_source() -> config::Environment {
-    config::Environment::with_prefix(ENV_PREFIX)
+/// The environment overrides, as a `config` source:
+///
+/// - `SYNC_ENGINE__A__B=v` sets key `a.b` (each `__` is one level; names are lowercased).
+/// - `SYNC_ENGINE__A__B_FILE=/path` sets `a.b` to the file's contents, without its trailing
+///   newline: the convention for secrets mounted as files (a Kubernetes Secret volume, Docker
+///   secrets). An unreadable file is an error naming the variable.
+///
+/// Values are kept as text: `config` parses numbers and booleans when a typed key asks for
+/// one, and a secret such as `0012` or `TRUE` reaches its service exactly as written.
+pub fn env_source() -> Result<config::Environment> {
+    let prefix = format!("{ENV_PREFIX}__");
+    let mut vars = config::Map::new();
+    for (name, value) in std::env::vars_os() {
+        let (Some(name), Some(value)) = (name.to_str(), value.to_str()) else {
+            continue;
+        };
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        match name.strip_suffix("_FILE") {
+            Some(key) => {
+                if std::env::var_os(key).is_some() {
+                    return Err(SyncError::Config(format!(
+                        "both {key} and {name} are set: keep one"
+                    )));
+                }
+                let text = std::fs::read_to_string(value).map_err(|e| {
+                    SyncError::Config(format!("{name}: cannot read {value:?}: {e}"))
+                })?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                vars.insert(key.to_string(), text.to_string());
+            }
+            None => {
+                vars.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+    Ok(config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
+        .source(Some(vars)))
 }
 
 /// A service URL fit to print: its password (`scheme://user:password@host`) replaced by
@@ -157,7 +240,8 @@ mod tests {
             "batch_flush_count = 7\nsql_url = \"sqlite://file.db\"\n",
         )
         .unwrap();
-        // The only test in this binary that touches SYNC_ENGINE__* variables.
+        // The only test in this binary that touches SYNC_ENGINE__* variables (they are
+        // process-wide): the pipeline file's overrides are checked here too.
         std::env::set_var("SYNC_ENGINE__BATCH_FLUSH_MS", "250");
         let config = SyncEngineConfig::load(Some(&path)).unwrap();
         std::env::remove_var("SYNC_ENGINE__BATCH_FLUSH_MS");
@@ -165,6 +249,67 @@ mod tests {
         assert_eq!(config.batch_flush_ms, 250);
         assert_eq!(config.sql_url.as_deref(), Some("sqlite://file.db"));
         assert_eq!(config.l1_max_bytes, 256 * 1024 * 1024);
+
+        // librdkafka's dotted names: quoted or TOML-dotted in the file, `__` for each dot in
+        // the environment (which wins), secrets from `_FILE`s exactly as written
+        let pipeline = dir.path().join("pipeline.toml");
+        std::fs::write(
+            &pipeline,
+            "[kafka]\nbrokers = \"b:9093\"\n[kafka.consumer]\n\"security.protocol\" = \"SASL_SSL\"\n\
+             sasl.mechanism = \"PLAIN\"\n\"session.timeout.ms\" = 6000\n\"sasl.username\" = \"file\"\n",
+        )
+        .unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "0012 TRUE\n").unwrap();
+        let sql = dir.path().join("sql-url");
+        std::fs::write(&sql, "mysql://u:p%40ss@db/x").unwrap();
+        std::env::set_var("SYNC_ENGINE__KAFKA__CONSUMER__SASL__USERNAME", "env");
+        std::env::set_var("SYNC_ENGINE__KAFKA__CONSUMER__SASL__PASSWORD_FILE", &secret);
+        std::env::set_var("SYNC_ENGINE__KAFKA__PRODUCER__LINGER__MS", "7");
+        std::env::set_var("SYNC_ENGINE__SQL_URL_FILE", &sql);
+        std::env::set_var("SYNC_ENGINE__REDIS_PASSWORD", "007");
+        let loaded = crate::sidecar::config::PipelineConfig::load(&pipeline);
+        std::env::set_var("SYNC_ENGINE__KAFKA__CONSUMER__SASL_PASSWORD", "x");
+        let underscored = crate::sidecar::config::PipelineConfig::load(&pipeline);
+        std::env::remove_var("SYNC_ENGINE__KAFKA__CONSUMER__SASL_PASSWORD");
+        std::env::set_var("SYNC_ENGINE__SQL_URL", "mysql://other");
+        let both = crate::sidecar::config::PipelineConfig::load(&pipeline);
+        for name in [
+            "SYNC_ENGINE__KAFKA__CONSUMER__SASL__USERNAME",
+            "SYNC_ENGINE__KAFKA__CONSUMER__SASL__PASSWORD_FILE",
+            "SYNC_ENGINE__KAFKA__PRODUCER__LINGER__MS",
+            "SYNC_ENGINE__SQL_URL_FILE",
+            "SYNC_ENGINE__SQL_URL",
+            "SYNC_ENGINE__REDIS_PASSWORD",
+        ] {
+            std::env::remove_var(name);
+        }
+        let loaded = loaded.unwrap();
+        let consumer = &loaded.kafka.consumer;
+        assert_eq!(consumer["security.protocol"], "SASL_SSL");
+        assert_eq!(consumer["sasl.mechanism"], "PLAIN");
+        assert_eq!(consumer["session.timeout.ms"], "6000");
+        assert_eq!(consumer["sasl.username"], "env");
+        assert_eq!(consumer["sasl.password"], "0012 TRUE");
+        assert_eq!(consumer.len(), 5, "{consumer:?}");
+        assert_eq!(loaded.kafka.producer["linger.ms"], "7");
+        assert_eq!(
+            loaded.engine.sql_url.as_deref(),
+            Some("mysql://u:p%40ss@db/x")
+        );
+        assert_eq!(loaded.engine.redis_password.as_deref(), Some("007"));
+        // and none of it is printed
+        let shown = format!("{loaded:?}");
+        for secret in ["0012 TRUE", "p%40ss", "007"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let error = underscored.unwrap_err().to_string();
+        assert!(
+            error.contains("sasl_password") && error.contains("SASL__PASSWORD"),
+            "{error}"
+        );
+        let error = both.unwrap_err().to_string();
+        assert!(error.contains("SYNC_ENGINE__SQL_URL_FILE"), "{error}");
     }
 
     #[test]

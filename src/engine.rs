@@ -25,7 +25,7 @@ use crate::merkle::{Proof, StateRoot};
 use crate::options::SubmitOptions;
 use crate::search::{Query, SearchIndex};
 use crate::tier::memory::MemoryTier;
-use crate::tier::redis::RedisTier;
+use crate::tier::redis::{RedisAccess, RedisTier};
 use crate::tier::sql::SqlTier;
 use crate::tier::{DurableTier, Op};
 use crate::verify::{RepairSummary, VerifyReport};
@@ -150,7 +150,9 @@ impl SyncEngine {
         let tier: Arc<dyn DurableTier> = match (&self.tier, &self.config.sql_url) {
             (Some(tier), _) => tier.clone(),
             (None, Some(url)) => {
-                let mut sql = SqlTier::connect(url).await?;
+                let mut sql =
+                    SqlTier::connect_with_password(url, self.config.sql_password.as_deref())
+                        .await?;
                 info!(backend = sql.backend(), "L3 connected, migrations applied");
                 if !self.config.merkle {
                     warn!("merkle = false: state roots are not maintained");
@@ -176,10 +178,36 @@ impl SyncEngine {
         let redis = match &self.config.redis_url {
             Some(url) => {
                 let prefix = self.config.redis_prefix.as_deref().unwrap_or_default();
-                let redis = RedisTier::new(url, prefix)
+                let access = RedisAccess {
+                    password: self.config.redis_password.clone(),
+                    ca_file: self.config.redis_ca_file.clone(),
+                    cert_file: self.config.redis_cert_file.clone(),
+                    key_file: self.config.redis_key_file.clone(),
+                };
+                let redis = RedisTier::with_access(url, prefix, &access)
                     .map_err(|e| SyncError::Config(format!("redis_url: {e}")))?;
-                if let Err(e) = redis.connect().await {
-                    warn!(error = %e, "L2 Redis unreachable at start; writes and reads go on without it");
+                match redis.connect().await {
+                    Ok(()) => {}
+                    // away: writes and reads go on without it, and it is repaired on return
+                    Err(e)
+                        if url.starts_with("rediss:")
+                            && crate::tier::redis::answers_plaintext(url).await =>
+                    {
+                        return Err(SyncError::Config(format!(
+                            "Redis ({}) answers in plaintext, not TLS: use redis:// or its TLS port ({e})",
+                            crate::config::redacted(url)
+                        )))
+                    }
+                    Err(e) if crate::tier::redis::is_connection_error(&e) => {
+                        warn!(error = %e, "L2 Redis unreachable at start; writes and reads go on without it")
+                    }
+                    // it answered, and refused us (password, ACL, TLS): an operator must act
+                    Err(e) => {
+                        return Err(SyncError::Config(format!(
+                            "Redis ({}) refused the connection: {e}",
+                            crate::config::redacted(url)
+                        )))
+                    }
                 }
                 Some(Arc::new(redis))
             }

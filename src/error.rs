@@ -76,8 +76,10 @@ impl SyncError {
                 | sqlx::Error::PoolTimedOut
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::WorkerCrashed
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::Tls(_) => ErrorClass::Retryable,
+                | sqlx::Error::Protocol(_) => ErrorClass::Retryable,
+                // a certificate that does not verify, or a server without TLS when TLS is
+                // required: no retry changes that
+                sqlx::Error::Tls(_) => ErrorClass::Fatal,
                 // Deadlocks, lock wait timeouts and "database is locked" are worth a retry;
                 // constraint or syntax errors are not.
                 sqlx::Error::Database(db) => match db.code().as_deref() {

@@ -33,7 +33,7 @@ pub fn latest(
         )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true");
-    for (k, v) in &config.kafka.consumer {
+    for (k, v) in config.kafka.consumer_properties() {
         if k != "group.id" {
             c.set(k, v);
         }

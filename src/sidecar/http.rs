@@ -70,6 +70,11 @@ impl Health {
         self.joined.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the consumer has been a member of its group (it may have left since).
+    pub fn has_joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
+
     /// A checkpoint cycle failed with something that is retried.
     pub fn cycle_failed(&self, reason: &str) {
         let mut failing = self.failing.lock().expect("health lock");

@@ -124,7 +124,7 @@ fn consumer_config(config: &PipelineConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
-    for (k, v) in &config.kafka.consumer {
+    for (k, v) in config.kafka.consumer_properties() {
         c.set(k, v);
     }
     c
@@ -140,6 +140,7 @@ fn consume(
     let context = Revocations {
         pipeline: pipeline.clone(),
         health: health.clone(),
+        refused: Mutex::new(None),
     };
     let consumer: BaseConsumer<Revocations> =
         consumer_config(&config).create_with_context(context)?;
@@ -150,6 +151,12 @@ fn consume(
         "consuming"
     );
     while !stop.load(Ordering::SeqCst) {
+        if let Some(reason) = consumer.context().refused.lock().expect("lock").take() {
+            return Err(SyncError::Config(format!(
+                "Kafka ({}) refused the connection: {reason}",
+                config.kafka.brokers
+            )));
+        }
         health.polled();
         pipeline
             .lock()
@@ -204,9 +211,26 @@ fn drain(
 struct Revocations {
     pipeline: Arc<Mutex<Pipeline>>,
     health: Arc<Health>,
+    /// A TLS or authentication failure before the first assignment: the configuration (a
+    /// CA, a password, a protocol) is wrong, and the poll loop ends the run with it.
+    refused: Mutex<Option<String>>,
 }
 
-impl ClientContext for Revocations {}
+impl ClientContext for Revocations {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let refusal = matches!(
+            error.rdkafka_error_code(),
+            Some(Code::SSL | Code::Authentication | Code::SaslAuthenticationFailed)
+        );
+        if refusal && !self.health.has_joined() {
+            *self.refused.lock().expect("lock") = Some(reason.to_string());
+        } else {
+            // what librdkafka retries by itself (a broker away, a connection reset)
+            warn!(error = %error, "librdkafka: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for Revocations {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -55,7 +55,7 @@ impl Output {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("reconnect.backoff.max.ms", super::RECONNECT_BACKOFF_MAX_MS);
-        for (k, v) in &config.kafka.producer {
+        for (k, v) in config.kafka.producer_properties() {
             c.set(k, v);
         }
         let limit = config

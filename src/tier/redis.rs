@@ -26,8 +26,14 @@
 //! has passed — 0.5 s, doubling up to 2 s while Redis stays away. The first call after the
 //! delay is the probe: success closes the breaker, failure reopens it. Transitions are logged.
 //! Not supported: Redis Cluster (the scripts touch keys they cannot declare up front).
+//!
+//! **TLS and credentials.** `rediss://` connects over TLS (the system's OpenSSL, through
+//! native-tls), verifying the server against [`RedisAccess::ca_file`] or the system's roots,
+//! with an optional client certificate. The password comes from the URL or
+//! [`RedisAccess::password`] (e.g. a mounted secret), the ACL user from the URL.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -186,19 +192,117 @@ fn unavailable(why: &'static str) -> RedisError {
 }
 
 /// The connection failed (refused, reset, timed out): Redis may be away, not wrong.
-fn is_connection_error(e: &RedisError) -> bool {
+pub(crate) fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// How to reach Redis beyond what its URL says.
+#[derive(Debug, Clone, Default)]
+pub struct RedisAccess {
+    /// Overrides the URL's password.
+    pub password: Option<String>,
+    /// `rediss://`: PEM file of the CA(s) to trust besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `rediss://`: client certificate (PEM), with [`RedisAccess::key_file`].
+    pub cert_file: Option<PathBuf>,
+    /// `rediss://`: the client certificate's key (PEM, PKCS#8).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisAccess {
+    /// A client for `url`; reads the certificate files now, so a missing one is reported at
+    /// start, with its path.
+    pub fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        use redis::IntoConnectionInfo;
+        let mut info = url.into_connection_info()?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        if !tls {
+            if self.ca_file.is_some() || self.cert_file.is_some() {
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "redis_ca_file/redis_cert_file need a rediss:// URL",
+                )));
+            }
+            return redis::Client::open(info);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read a certificate file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })
+        };
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "redis_cert_file and redis_key_file go together",
+                )))
+            }
+        };
+        let root_cert = self.ca_file.as_ref().map(read).transpose()?;
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+    }
+}
+
+/// Whether the server a `rediss://` URL names speaks plain RESP instead of TLS: a TLS
+/// handshake with a plaintext Redis does not fail, it times out (Redis waits for the end of
+/// an inline command that never comes), which looks like an unreachable server. Asked only
+/// after a TLS connection failed, so that the operator gets the real reason.
+pub(crate) async fn answers_plaintext(url: &str) -> bool {
+    use redis::IntoConnectionInfo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(info) = url.into_connection_info() else {
+        return false;
+    };
+    let redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr() else {
+        return false;
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await?;
+        // `+PONG`, or `-NOAUTH …`: a RESP reply, in plaintext
+        Ok::<bool, std::io::Error>(matches!(answer[0], b'+' | b'-'))
+    };
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, probe).await,
+        Ok(Ok(true))
+    )
 }
 
 impl RedisTier {
     /// Does not connect: Redis may be down at start and come up later.
     pub fn new(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        Self::with_access(url, prefix, &RedisAccess::default())
+    }
+
+    /// [`RedisTier::new`] with a password, a CA or a client certificate from elsewhere.
+    pub fn with_access(url: &str, prefix: &str, access: &RedisAccess) -> Result<Self, RedisError> {
         let mut sets = prefix.as_bytes().to_vec();
         sets.extend_from_slice(b"\xffstate:");
         let mut mirrors = prefix.as_bytes().to_vec();
         mirrors.extend_from_slice(b"\xffmerkle:");
         Ok(RedisTier {
-            client: redis::Client::open(url)?,
+            client: access.client(url)?,
             prefix: prefix.to_string(),
             sets,
             mirrors,

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
@@ -101,12 +101,22 @@ pub struct SqlTier {
 impl SqlTier {
     /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) and applies migrations.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_password(url, None).await
+    }
+
+    /// [`SqlTier::connect`], with a password that overrides the URL's (MySQL only). TLS is
+    /// set in the URL (`ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`: sqlx's names).
+    pub async fn connect_with_password(url: &str, password: Option<&str>) -> Result<Self> {
         let tier = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
             let url = url.replacen("mariadb:", "mysql:", 1);
+            let mut options = MySqlConnectOptions::from_str(&url)?;
+            if let Some(password) = password {
+                options = options.password(password);
+            }
             let pool = MySqlPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(&url)
+                .connect_with(options)
                 .await?;
             migrate_mysql(&pool).await?;
             let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")

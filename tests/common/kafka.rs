@@ -43,6 +43,8 @@ pub struct Pipeline {
     pub sql: Backend,
     /// The bootstrap servers every client of this pipeline uses (the sidecars included).
     pub brokers: String,
+    /// librdkafka properties of the test's own clients besides `bootstrap.servers` (TLS).
+    pub client: Vec<(String, String)>,
     dir: tempfile::TempDir,
     started: AtomicUsize,
 }
@@ -65,6 +67,17 @@ impl Pipeline {
         sql: Backend,
         brokers: String,
     ) -> Pipeline {
+        Pipeline::on_brokers_with(test, partitions, sql, brokers, &[]).await
+    }
+
+    /// Like `on_brokers`, the test's own clients with these librdkafka properties (e.g. TLS).
+    pub async fn on_brokers_with(
+        test: &str,
+        partitions: i32,
+        sql: Backend,
+        brokers: String,
+        client: &[(&str, &str)],
+    ) -> Pipeline {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -74,6 +87,10 @@ impl Pipeline {
             partitions,
             sql,
             brokers,
+            client: client
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir: tempfile::tempdir().unwrap(),
             started: AtomicUsize::new(0),
         };
@@ -83,10 +100,7 @@ impl Pipeline {
 
     /// More topics `<name>.<kind>` (tansu does not auto-create them).
     pub async fn create_topics(&self, kinds: &[&str]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .unwrap();
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create().unwrap();
         let topics: Vec<String> = kinds.iter().map(|k| self.topic(k)).collect();
         let new: Vec<NewTopic> = topics
             .iter()
@@ -99,6 +113,16 @@ impl Pipeline {
         {
             result.unwrap();
         }
+    }
+
+    /// A client configuration for this pipeline's broker.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.client {
+            config.set(k, v);
+        }
+        config
     }
 
     pub fn topic(&self, kind: &str) -> String {
@@ -168,7 +192,7 @@ dlq_topic = "{name}.dlq"
     }
 
     pub fn producer(&self) -> Producer {
-        Producer::on(&self.brokers, &self.topic("in"))
+        Producer::with(self.client_config(), &self.topic("in"))
     }
 
     /// Produces records to the input topic; returns (partition, offset) of each, in order.
@@ -179,8 +203,8 @@ dlq_topic = "{name}.dlq"
     /// A reader of a whole topic `<name>.<kind>`, from the start.
     pub fn reader(&self, kind: &str) -> Reader {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = self
+            .client_config()
             .set(
                 "group.id",
                 format!(
@@ -222,7 +246,7 @@ dlq_topic = "{name}.dlq"
     /// Everything in a topic that nobody writes to any more: appends an end marker to every
     /// partition and reads up to them.
     pub async fn read_all(&self, kind: &str, deadline: Duration) -> Vec<Out> {
-        let producer = Producer::on(&self.brokers, &self.topic(kind));
+        let producer = Producer::with(self.client_config(), &self.topic(kind));
         let mut ends = BTreeMap::new();
         for p in 0..self.partitions {
             let record = FutureRecord::<[u8], [u8]>::to(&producer.topic)
@@ -258,8 +282,8 @@ dlq_topic = "{name}.dlq"
     /// The group's committed offset per partition, or None when the broker does not answer
     /// within `wait` (right after a broker outage, say).
     pub fn try_committed(&self, wait: Duration) -> Option<BTreeMap<i32, i64>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+        let consumer: BaseConsumer = self
+            .client_config()
             .set("group.id", self.group())
             .create()
             .ok()?;
@@ -405,8 +429,14 @@ impl Producer {
     }
 
     pub fn on(brokers: &str, topic: &str) -> Producer {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", brokers);
+        Producer::with(config, topic)
+    }
+
+    /// A producer with `config` (`bootstrap.servers` and whatever else the broker needs).
+    pub fn with(mut config: ClientConfig, topic: &str) -> Producer {
+        let producer = config
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()

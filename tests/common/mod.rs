@@ -35,6 +35,15 @@ impl Backend {
         }
     }
 
+    /// A database at `url` that someone else made (e.g. a test's own TLS server).
+    pub fn at(name: &'static str, url: String) -> Backend {
+        Backend {
+            name,
+            url,
+            _dir: None,
+        }
+    }
+
     /// A fresh, empty database on the test MariaDB server, named after the run's database.
     pub async fn mariadb() -> Backend {
         static NEXT: AtomicU32 = AtomicU32::new(0);
