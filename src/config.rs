@@ -32,27 +32,36 @@ pub struct SyncEngineConfig {
     /// SQL password, overriding the URL's (e.g. `SYNC_ENGINE__SQL_PASSWORD_FILE`).
     pub sql_password: Option<String>,
     /// Bytes L1 may hold: the evictable cache plus items accepted but not yet durable.
+    #[serde(deserialize_with = "text_or_value")]
     pub l1_max_bytes: usize,
     /// Largest payload accepted. With MySQL the engine lowers it to fit the server's
     /// `max_allowed_packet` and logs that at start.
+    #[serde(deserialize_with = "text_or_value")]
     pub max_payload_bytes: usize,
     /// A batch is written when its oldest item has waited this long…
+    #[serde(deserialize_with = "text_or_value")]
     pub batch_flush_ms: u64,
     /// …or it holds this many items…
+    #[serde(deserialize_with = "text_or_value")]
     pub batch_flush_count: usize,
     /// …or this many payload bytes.
+    #[serde(deserialize_with = "text_or_value")]
     pub batch_flush_bytes: usize,
     /// Keep a cuckoo filter of the ids in SQL so reads of absent ids skip SQL. It learns of
     /// this engine's writes only: turn it off when several engines write one SQL table.
+    #[serde(deserialize_with = "text_or_value")]
     pub l3_filter: bool,
     /// Maintain the Merkle state roots (`sync_merkle_buckets`, schemas/MERKLE.md) in every
     /// batch's transaction. Off only to measure what they cost: roots, checkpoints and
     /// `verify` are then meaningless.
+    #[serde(deserialize_with = "text_or_value")]
     pub merkle: bool,
     /// `memory_pressure()` at or above this is `BackpressureLevel::Warn`.
+    #[serde(deserialize_with = "text_or_value")]
     pub backpressure_warn: f64,
     /// Pending (not yet durable) bytes may use this share of `l1_max_bytes`; past it,
     /// `submit` waits until a batch commits. Also the `Critical` pressure level.
+    #[serde(deserialize_with = "text_or_value")]
     pub backpressure_critical: f64,
 }
 
@@ -77,6 +86,30 @@ impl Default for SyncEngineConfig {
             backpressure_warn: 0.7,
             backpressure_critical: 0.9,
         }
+    }
+}
+
+/// A number or a boolean as itself or as text: environment variables are text, and inside
+/// the pipeline file's flattened engine settings `config` cannot convert them itself.
+/// (Values are not guessed from text up front: a password such as `0012` stays text.)
+fn text_or_value<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Value(T),
+        Text(String),
+    }
+    match Either::<T>::deserialize(deserializer)? {
+        Either::Value(v) => Ok(v),
+        Either::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}"))),
     }
 }
 
@@ -268,6 +301,9 @@ mod tests {
         std::env::set_var("SYNC_ENGINE__KAFKA__PRODUCER__LINGER__MS", "7");
         std::env::set_var("SYNC_ENGINE__SQL_URL_FILE", &sql);
         std::env::set_var("SYNC_ENGINE__REDIS_PASSWORD", "007");
+        std::env::set_var("SYNC_ENGINE__BATCH_FLUSH_COUNT", "33");
+        std::env::set_var("SYNC_ENGINE__MERKLE", "false");
+        std::env::set_var("SYNC_ENGINE__KAFKA__CHECKPOINT_INTERVAL_MS", "600000");
         let loaded = crate::sidecar::config::PipelineConfig::load(&pipeline);
         std::env::set_var("SYNC_ENGINE__KAFKA__CONSUMER__SASL_PASSWORD", "x");
         let underscored = crate::sidecar::config::PipelineConfig::load(&pipeline);
@@ -281,10 +317,16 @@ mod tests {
             "SYNC_ENGINE__SQL_URL_FILE",
             "SYNC_ENGINE__SQL_URL",
             "SYNC_ENGINE__REDIS_PASSWORD",
+            "SYNC_ENGINE__BATCH_FLUSH_COUNT",
+            "SYNC_ENGINE__MERKLE",
+            "SYNC_ENGINE__KAFKA__CHECKPOINT_INTERVAL_MS",
         ] {
             std::env::remove_var(name);
         }
         let loaded = loaded.unwrap();
+        assert_eq!(loaded.engine.batch_flush_count, 33);
+        assert!(!loaded.engine.merkle);
+        assert_eq!(loaded.kafka.checkpoint_interval_ms, 600_000);
         let consumer = &loaded.kafka.consumer;
         assert_eq!(consumer["security.protocol"], "SASL_SSL");
         assert_eq!(consumer["sasl.mechanism"], "PLAIN");

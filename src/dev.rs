@@ -54,6 +54,7 @@ pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<(
             listen: String::new(),
             ..Default::default()
         },
+        ..Default::default()
     };
     println!(
         "mock Kafka broker: {brokers}  (topics {}, {}, {}; {PARTITIONS} partitions each)",
@@ -77,7 +78,7 @@ pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<(
         kafka.output_topic
     );
 
-    let sidecar = tokio::spawn(sync_engine::sidecar::run(config, stop.clone()));
+    let sidecar = tokio::spawn(sync_engine::sidecar::run(config, None, stop.clone()));
     if options.demo {
         let outcome = demo(&kafka, options.items, options.redis_url.is_some()).await;
         stop.store(true, Ordering::SeqCst);

@@ -179,7 +179,7 @@ fn exit_with(code: i32) -> anyhow::Result<()> {
 
 async fn run(pipeline: PathBuf) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&pipeline)?;
-    let summary = sync_engine::sidecar::run(config, stop_on_signal()).await?;
+    let summary = sync_engine::sidecar::run(config, Some(pipeline), stop_on_signal()).await?;
     println!(
         "stopped cleanly: {} records written, {} to the DLQ, {} confirmations",
         summary.written, summary.dlq, summary.confirmations

@@ -30,17 +30,21 @@ use serde::Deserialize;
 use crate::config::{env_source, SyncEngineConfig};
 use crate::error::{Result, SyncError};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct PipelineConfig {
     #[serde(flatten)]
     pub engine: SyncEngineConfig,
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Log filter (`info`, `warn,sync_engine=debug`, …: `RUST_LOG`'s syntax), applied at
+    /// start and whenever the file changes. None: `RUST_LOG`, else `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// `[http]`: the health, readiness and metrics endpoint (`sidecar::http`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct HttpConfig {
     /// Address to serve on; empty: no endpoint.
@@ -58,7 +62,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct KafkaConfig {
     pub brokers: String,

@@ -30,8 +30,10 @@ pub mod http;
 mod output;
 mod pipeline;
 pub mod record;
+pub mod reload;
 pub mod trace;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,9 +62,25 @@ pub struct Summary {
 }
 
 /// Runs the sidecar until `stop` becomes true, then drains: everything consumed is made
-/// durable, confirmed and committed before it returns.
-pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summary> {
-    let (_tx, rx) = watch::channel(config.engine.clone());
+/// durable, confirmed and committed before it returns. With `file` (the pipeline file
+/// `config` was loaded from), its live settings follow the file ([`reload`]).
+pub async fn run(
+    config: PipelineConfig,
+    file: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary> {
+    let (engine_tx, rx) = watch::channel(config.engine.clone());
+    let (pipeline_tx, pipeline_rx) = watch::channel(config.clone());
+    if let Some(level) = &config.log_level {
+        reload::apply_log_level(level);
+    }
+    if let Some(file) = file {
+        let live = reload::Live {
+            engine: engine_tx,
+            pipeline: pipeline_tx,
+        };
+        reload::spawn(file, config.clone(), live);
+    }
     let mut engine = SyncEngine::new(config.engine.clone(), rx);
     let health = Arc::new(Health::new(Duration::from_millis(
         config.http.unready_after_ms,
@@ -75,13 +93,15 @@ pub async fn run(config: PipelineConfig, stop: Arc<AtomicBool>) -> Result<Summar
     start(&mut engine, &stop).await?;
     let engine = Arc::new(engine);
     let output = Output::new(&config, Handle::current())?;
-    let pipeline = Arc::new(Mutex::new(Pipeline::new(
+    let mut pipeline = Pipeline::new(
         engine.clone(),
         output,
         Handle::current(),
         config.clone(),
         health.clone(),
-    )));
+    );
+    pipeline.follow(pipeline_rx);
+    let pipeline = Arc::new(Mutex::new(pipeline));
     let consumer_pipeline = pipeline.clone();
     let result =
         tokio::task::spawn_blocking(move || consume(config, consumer_pipeline, health, stop))

@@ -88,6 +88,8 @@ pub(super) struct Pipeline {
     /// [`DLQ_REPORT_EVERY`]: a stream of bad records is not a stream of log lines).
     dlq_unreported: BTreeMap<&'static str, u64>,
     dlq_reported_at: Option<Instant>,
+    /// The configuration as hot reload last applied it (`super::reload`).
+    live: Option<tokio::sync::watch::Receiver<PipelineConfig>>,
 }
 
 /// A partition's newest confirmed state that no checkpoint event carries yet.
@@ -125,7 +127,13 @@ impl Pipeline {
             received: BTreeMap::new(),
             dlq_unreported: BTreeMap::new(),
             dlq_reported_at: None,
+            live: None,
         }
+    }
+
+    /// Takes the live settings (batch limits, checkpoint cadence) from `live` from now on.
+    pub fn follow(&mut self, live: tokio::sync::watch::Receiver<PipelineConfig>) {
+        self.live = Some(live);
     }
 
     /// Hands one record to the engine, or to the DLQ.
@@ -302,6 +310,13 @@ impl Pipeline {
     pub fn cycle<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
         if self.halted {
             return Err(halted());
+        }
+        if let Some(live) = self
+            .live
+            .as_mut()
+            .filter(|l| l.has_changed().unwrap_or(false))
+        {
+            self.config = live.borrow_and_update().clone();
         }
         if self.due() {
             self.run_cycle(consumer, false)?;
