@@ -329,3 +329,49 @@ async fn a_wrong_ca_password_or_plaintext_server_is_refused_naming_the_service()
     assert!(rows.is_empty(), "rows written: {rows:?}");
     drop((mariadb, redis, broker));
 }
+
+/// SASL/SCRAM-SHA-512 over TLS, configured from the environment with the password from a
+/// file: the broker (tansu with `--authentication`) takes the client's SCRAM exchange and
+/// answers `unknown-user` (it has no users, see `tls::sasl_kafka`), and the sidecar exits
+/// naming Kafka and the authentication failure, having consumed and committed nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_sasl_scram_login_over_tls_ends_the_run_naming_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let broker = tls::sasl_kafka(&certs);
+    let ca = certs.path("ca.pem");
+    // topics and the group's offsets live on the shared broker; the sidecar is pointed at
+    // the SASL one
+    let pipeline = Pipeline::new("sasl", 1).await;
+    pipeline.produce(&[record(0)]).await;
+    let password = certs.dir.join("kafka-password");
+    std::fs::write(&password, "kafka-Secret-0056\n").unwrap();
+    let password = password.display().to_string();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let mut sidecar = pipeline.start_with(
+        "",
+        &[
+            ("SYNC_ENGINE__KAFKA__BROKERS", &brokers),
+            ("SYNC_ENGINE__KAFKA__CLIENT__SECURITY__PROTOCOL", "sasl_ssl"),
+            ("SYNC_ENGINE__KAFKA__CLIENT__SSL__CA__LOCATION", &ca),
+            (
+                "SYNC_ENGINE__KAFKA__CLIENT__SASL__MECHANISM",
+                "SCRAM-SHA-512",
+            ),
+            ("SYNC_ENGINE__KAFKA__CLIENT__SASL__USERNAME", "sidecar"),
+            ("SYNC_ENGINE__KAFKA__CLIENT__SASL__PASSWORD_FILE", &password),
+        ],
+    );
+    let status = sidecar.wait_exit(Duration::from_secs(120));
+    let log = sidecar.log();
+    assert!(!status.success(), "exited {status}:\n{log}");
+    for words in ["Kafka", "SASL SCRAM authentication failed", "unknown-user"] {
+        assert!(
+            log.contains(words),
+            "the log does not say {words:?}:\n{log}"
+        );
+    }
+    assert!(!log.contains("kafka-Secret-0056"), "{log}");
+    assert!(pipeline.committed().is_empty());
+    drop(broker);
+}
