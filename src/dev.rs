@@ -1,6 +1,7 @@
 //! `sync-engine dev`: the sidecar with no external service. librdkafka's in-process mock
 //! cluster plays the broker, L3 is a local SQLite file, Redis is used only if a URL is given.
-//! `--demo` also produces a sample workload and follows its confirmations to the end.
+//! `--demo` also produces a sample workload and follows its confirmations to the end, on a
+//! progress bar (log lines go above the bar).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,8 @@ use sync_engine::sidecar::config::{KafkaConfig, PipelineConfig};
 use sync_engine::{SyncEngine, SyncEngineConfig};
 use tokio::sync::watch;
 
+use crate::logs::LogWriter;
+
 const PARTITIONS: i32 = 4;
 
 pub struct DevOptions {
@@ -28,7 +31,11 @@ pub struct DevOptions {
     pub redis_url: Option<String>,
 }
 
-pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub async fn dev(
+    options: DevOptions,
+    stop: Arc<AtomicBool>,
+    log_writer: LogWriter,
+) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("starting the mock Kafka cluster")?;
     let brokers = cluster.bootstrap_servers();
     let kafka = KafkaConfig {
@@ -79,7 +86,13 @@ pub async fn dev(options: DevOptions, stop: Arc<AtomicBool>) -> anyhow::Result<(
 
     let sidecar = tokio::spawn(sync_engine::sidecar::run(config, stop.clone()));
     if options.demo {
-        let outcome = demo(&kafka, options.items, options.redis_url.is_some()).await;
+        let outcome = demo(
+            &kafka,
+            options.items,
+            options.redis_url.is_some(),
+            &log_writer,
+        )
+        .await;
         stop.store(true, Ordering::SeqCst);
         let summary = sidecar.await??;
         let elapsed = outcome?;
@@ -162,7 +175,12 @@ fn sample(i: usize, has_redis: bool) -> SampleRecord {
 }
 
 /// Produces the workload and follows the confirmations until every record is accounted for.
-async fn demo(kafka: &KafkaConfig, items: usize, has_redis: bool) -> anyhow::Result<Duration> {
+async fn demo(
+    kafka: &KafkaConfig,
+    items: usize,
+    has_redis: bool,
+    log_writer: &LogWriter,
+) -> anyhow::Result<Duration> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("linger.ms", "5")
@@ -205,6 +223,7 @@ async fn demo(kafka: &KafkaConfig, items: usize, has_redis: bool) -> anyhow::Res
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} records confirmed ({per_sec}) {msg}",
     )?);
+    log_writer.above(&bar);
     let mut confirmed = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while confirmed < items {
