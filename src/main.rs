@@ -1,10 +1,10 @@
 //! `sync-engine`: command-line entry point.
 //!
 //! `run` and `dev` are the sidecar (`dev`: with no external service, in `dev.rs`); `verify`,
-//! `prove` and `check-proof` the auditor's commands (`audit.rs`); logs as text or JSON lines
-//! (`logs.rs`). `demo` runs the engine on an embedded SQLite file (no external service): it
-//! writes a mixed workload, shuts down, reopens the file and proves every item came back byte
-//! for byte.
+//! `prove` and `check-proof` the auditor's commands (`audit.rs`); `inspect` and `tail` the
+//! operator's (`ops/`); logs as text or JSON lines (`logs.rs`). `demo` runs the engine on an
+//! embedded SQLite file (no external service): it writes a mixed workload, shuts down, reopens
+//! the file and proves every item came back byte for byte.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +14,7 @@ use std::time::Instant;
 mod audit;
 mod dev;
 mod logs;
+mod ops;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -94,6 +95,40 @@ enum Command {
         #[arg(long)]
         root: Option<String>,
     },
+    /// What SQL and Redis hold for each id, and whether they agree. Exit 0 when all agree
+    /// (an id neither tier has agrees), 2 when any differs, 1 on errors.
+    Inspect {
+        /// Pipeline file, as for `run`.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Follow the output topic (confirmations, checkpoints) and the DLQ topic, one line per
+    /// event, with a consumer of its own (the sidecar's group is never touched). Ctrl-C stops.
+    Tail {
+        /// Pipeline file, as for `run` (`[kafka.consumer]` applies: TLS, SASL).
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// One JSON object per line: the event as published, and where it was read.
+        #[arg(long)]
+        json: bool,
+        /// Start at the beginning of the topics instead of their end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Only the DLQ topic.
+        #[arg(long, conflicts_with = "output_only")]
+        dlq_only: bool,
+        /// Only the output topic.
+        #[arg(long)]
+        output_only: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        max: Option<u64>,
+    },
     /// Write a sample workload to SQLite (or `sql_url` from the config), restart, verify it.
     Demo {
         /// Engine config (TOML); `SYNC_ENGINE__*` variables override it.
@@ -158,6 +193,33 @@ async fn dispatch(command: Command, log_writer: logs::LogWriter) -> anyhow::Resu
         Command::Prove { pipeline, id } => exit_with(audit::prove(&pipeline, &id).await?),
         Command::CheckProof { file, root } => {
             exit_with(audit::check_proof(file.as_ref(), root.as_deref())?)
+        }
+        Command::Inspect {
+            pipeline,
+            json,
+            ids,
+        } => exit_with(ops::inspect::inspect(&pipeline, &ids, json).await?),
+        Command::Tail {
+            pipeline,
+            json,
+            from_beginning,
+            dlq_only,
+            output_only,
+            max,
+        } => {
+            let topics = match (dlq_only, output_only) {
+                (true, _) => ops::tail::Topics::DlqOnly,
+                (_, true) => ops::tail::Topics::OutputOnly,
+                _ => ops::tail::Topics::Both,
+            };
+            let options = ops::tail::TailOptions {
+                pipeline,
+                json,
+                from_beginning,
+                topics,
+                max,
+            };
+            ops::tail::tail(options, stop_on_signal()).await
         }
     }
 }
