@@ -17,6 +17,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
+use sync_engine::config::redacted;
 use sync_engine::sidecar::config::{KafkaConfig, PipelineConfig};
 use sync_engine::{SyncEngine, SyncEngineConfig};
 use tokio::sync::watch;
@@ -75,7 +76,7 @@ pub async fn dev(
         options
             .redis_url
             .as_deref()
-            .unwrap_or("none (pass --redis-url)")
+            .map_or("none (pass --redis-url)".into(), redacted)
     );
     println!("produce from another terminal, e.g.:");
     println!(
