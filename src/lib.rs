@@ -28,6 +28,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod filter;
+pub mod inspect;
 pub mod item;
 mod l1;
 pub mod merkle;

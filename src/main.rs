@@ -1,7 +1,10 @@
 //! `sync-engine`: command-line entry point.
 //!
-//! `demo` runs the engine on an embedded SQLite file (no external service): it writes a mixed
-//! workload, shuts down, reopens the file and proves every item came back byte for byte.
+//! `run` and `dev` are the sidecar (`dev`: with no external service, in `dev.rs`); `verify`,
+//! `prove` and `check-proof` the auditor's commands (`audit.rs`); `inspect` and `tail` the
+//! operator's (`ops/`); logs as text or JSON lines (`logs.rs`). `demo` runs the engine on an
+//! embedded SQLite file (no external service): it writes a mixed workload, shuts down, reopens
+//! the file and proves every item came back byte for byte.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,9 +13,8 @@ use std::time::Instant;
 
 mod audit;
 mod dev;
-
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+mod logs;
+mod ops;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -28,6 +30,15 @@ use tokio::sync::watch;
     about = "Tiered sync engine: L1 memory, L3 MySQL/SQLite, version-guarded batches"
 )]
 struct Cli {
+    /// Logs on stderr as `text` or as JSON lines (`json`), for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNC_ENGINE_LOG_FORMAT",
+        value_enum,
+        default_value_t = logs::LogFormat::Text
+    )]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +95,40 @@ enum Command {
         #[arg(long)]
         root: Option<String>,
     },
+    /// What SQL and Redis hold for each id, and whether they agree. Exit 0 when all agree
+    /// (an id neither tier has agrees), 2 when any differs, 1 on errors.
+    Inspect {
+        /// Pipeline file, as for `run`.
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Follow the output topic (confirmations, checkpoints) and the DLQ topic, one line per
+    /// event, with a consumer of its own (the sidecar's group is never touched). Ctrl-C stops.
+    Tail {
+        /// Pipeline file, as for `run` (`[kafka.client]` and `[kafka.consumer]` apply: TLS, SASL).
+        #[arg(long)]
+        pipeline: PathBuf,
+        /// One JSON object per line: the event as published, and where it was read.
+        #[arg(long)]
+        json: bool,
+        /// Start at the beginning of the topics instead of their end.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Only the DLQ topic.
+        #[arg(long, conflicts_with = "output_only")]
+        dlq_only: bool,
+        /// Only the output topic.
+        #[arg(long)]
+        output_only: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        max: Option<u64>,
+    },
     /// Write a sample workload to SQLite (or `sql_url` from the config), restart, verify it.
     Demo {
         /// Engine config (TOML); `SYNC_ENGINE__*` variables override it.
@@ -100,44 +145,25 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let traces = init_tracing()?;
-    let result = dispatch(Cli::parse().command).await;
+    let cli = Cli::parse();
+    let (traces, log_writer) = logs::init(cli.log_format)?;
+    let result = dispatch(cli.command, log_writer).await;
+    let json_logs = cli.log_format == logs::LogFormat::Json;
+    if let (Err(e), true) = (&result, json_logs) {
+        // a log shipper reads stderr: the reason goes there as a JSON line too
+        tracing::error!(error = format!("{e:#}"), "sync-engine failed");
+    }
     if let Some(provider) = traces {
         // export what is still buffered
         let _ = provider.shutdown();
     }
-    result
-}
-
-/// Logs to stderr (`RUST_LOG`, default `info`); spans also go to an OTLP/HTTP collector when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. `http://127.0.0.1:4318`).
-fn init_tracing() -> anyhow::Result<Option<SdkTracerProvider>> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() {
-        registry.init();
-        return Ok(None);
+    match result {
+        Err(_) if json_logs => std::process::exit(1),
+        result => result,
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .build()
-        .context("OTLP exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .build();
-    let tracer = provider.tracer("sync-engine");
-    registry
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .init();
-    Ok(Some(provider))
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Command, log_writer: logs::LogWriter) -> anyhow::Result<()> {
     match command {
         Command::Run { pipeline } => run(pipeline).await,
         Command::Dev {
@@ -154,6 +180,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     redis_url,
                 },
                 stop_on_signal(),
+                log_writer,
             )
             .await
         }
@@ -166,6 +193,33 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Prove { pipeline, id } => exit_with(audit::prove(&pipeline, &id).await?),
         Command::CheckProof { file, root } => {
             exit_with(audit::check_proof(file.as_ref(), root.as_deref())?)
+        }
+        Command::Inspect {
+            pipeline,
+            json,
+            ids,
+        } => exit_with(ops::inspect::inspect(&pipeline, &ids, json).await?),
+        Command::Tail {
+            pipeline,
+            json,
+            from_beginning,
+            dlq_only,
+            output_only,
+            max,
+        } => {
+            let topics = match (dlq_only, output_only) {
+                (true, _) => ops::tail::Topics::DlqOnly,
+                (_, true) => ops::tail::Topics::OutputOnly,
+                _ => ops::tail::Topics::Both,
+            };
+            let options = ops::tail::TailOptions {
+                pipeline,
+                json,
+                from_beginning,
+                topics,
+                max,
+            };
+            ops::tail::tail(options, stop_on_signal()).await
         }
     }
 }

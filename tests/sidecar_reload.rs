@@ -82,7 +82,10 @@ async fn batch_limits_follow_the_file_and_brokers_wait_for_a_restart() {
     let brokers = format!("brokers = \"{}\"", pipeline.brokers);
     assert!(text.contains("batch_flush_count = 50") && text.contains(&brokers));
     let changed = text
-        .replace("batch_flush_count = 50", "batch_flush_count = 10")
+        .replace(
+            "batch_flush_count = 50",
+            "log_level = \"warn\"\nbatch_flush_count = 10",
+        )
         .replace(&brokers, "brokers = \"127.0.0.1:1\"");
     let dir = file.parent().unwrap();
     let data = dir.join("..data-2");
@@ -94,6 +97,7 @@ async fn batch_limits_follow_the_file_and_brokers_wait_for_a_restart() {
 
     let applied = wait_log(&mut sidecar, &["pipeline file reloaded: applied"]);
     assert!(applied.contains("engine.batch_flush_count"), "{applied}");
+    assert!(applied.contains("log_level"), "{applied}");
     let pending = wait_log(&mut sidecar, &["only after a restart"]);
     assert!(pending.contains("kafka.brokers"), "{pending}");
 
@@ -102,8 +106,22 @@ async fn batch_limits_follow_the_file_and_brokers_wait_for_a_restart() {
     pipeline.wait_committed(&ends, Duration::from_secs(120));
     assert_eq!(sizes(&pipeline, 400, 200, 400), vec![10; 20]);
 
-    // SIGHUP reads the file again even though nothing changed
+    // SIGHUP reads the file again (and says so, at WARN now: nothing else changed)
     sidecar.signal("HUP");
     wait_log(&mut sidecar, &["SIGHUP"]);
     sidecar.stop();
+    // log_level = "warn" applied live: no INFO line after the reload, although the drain
+    // at the stop logs two
+    let log = stores::strip_colors(&sidecar.log());
+    let after: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("pipeline file reloaded: applied"))
+        .skip(1)
+        .collect();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|l| !l.contains(" INFO ")),
+        "INFO lines after log_level = \"warn\":\n{}",
+        after.join("\n")
+    );
 }

@@ -1,5 +1,6 @@
 //! Reading checkpoint events back from the output topic: the newest one per source
-//! partition, for `verify`.
+//! partition, for `verify`; and the consumer settings of every such reader of the sidecar's
+//! topics (`verify`, `tail`).
 //!
 //! The output topic also carries confirmations, so this reads each output partition from the
 //! end backwards in growing windows until every wanted source partition has a checkpoint or
@@ -19,26 +20,35 @@ use crate::error::Result;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_WINDOW: i64 = 10_000;
 
+/// A consumer of the pipeline's topics that never touches the sidecar's group: `[kafka.client]`
+/// and `[kafka.consumer]` apply (TLS, SASL, tuning) but for their group settings, the group is one of its own
+/// (`sync-engine-<purpose>-<pid>`) and nothing is ever committed; read with `assign`.
+pub fn reader_config(config: &PipelineConfig, purpose: &str) -> ClientConfig {
+    const GROUP_SETTINGS: [&str; 3] = ["group.id", "group.instance.id", "enable.auto.commit"];
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers);
+    for (k, v) in config.kafka.consumer_properties() {
+        if !GROUP_SETTINGS.contains(&k.as_str()) {
+            c.set(k, v);
+        }
+    }
+    c.set(
+        "group.id",
+        format!("sync-engine-{purpose}-{}", std::process::id()),
+    )
+    .set("enable.auto.commit", "false");
+    c
+}
+
 /// The newest checkpoint per source partition (`<topic>/<partition>`) found on the output
 /// topic; `wanted` (engine partition names) decides how far back to look.
 pub fn latest(
     config: &PipelineConfig,
     wanted: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, Checkpoint>> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers)
-        .set(
-            "group.id",
-            format!("sync-engine-verify-{}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true");
-    for (k, v) in config.kafka.consumer_properties() {
-        if k != "group.id" {
-            c.set(k, v);
-        }
-    }
-    let consumer: BaseConsumer = c.create()?;
+    let consumer: BaseConsumer = reader_config(config, "verify")
+        .set("enable.partition.eof", "true")
+        .create()?;
     let topic = &config.kafka.output_topic;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let partitions: Vec<i32> = metadata

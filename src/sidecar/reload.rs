@@ -97,7 +97,8 @@ pub fn spawn(file: PathBuf, running: PipelineConfig, live: Live) {
                 let _ = live.pipeline.send(next.clone());
                 running = next;
             } else if forced {
-                info!(file = %file.display(), "pipeline file reloaded (SIGHUP): no live setting changed");
+                // WARN, so that it is seen whatever `log_level` says
+                warn!(file = %file.display(), "pipeline file reloaded (SIGHUP): no live setting changed");
             }
             if pending != reported {
                 if !pending.is_empty() {

@@ -527,6 +527,17 @@ impl RedisTier {
         decode(id, reply)
     }
 
+    /// The Redis type of `id`'s key (`none` when there is no key), for `inspect`.
+    pub(crate) async fn key_type(&self, id: &str) -> Result<String, RedisError> {
+        let mut connection = self.connection().await?;
+        self.observe(
+            redis::cmd("TYPE")
+                .arg(self.key(id))
+                .query_async(&mut connection)
+                .await,
+        )
+    }
+
     /// Deletes every item key under `{prefix}{id_prefix}` (SCAN, so it never blocks Redis),
     /// state sets included.
     pub(crate) async fn remove_prefix(&self, id_prefix: &str) -> Result<(), RedisError> {
