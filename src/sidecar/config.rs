@@ -1,4 +1,5 @@
-//! A pipeline file: the engine's settings at the top level and a `[kafka]` section.
+//! A pipeline file: the engine's settings at the top level, a `[kafka]` section, and the
+//! optional `[http]` and `[stall]` sections.
 //!
 //! ```toml
 //! sql_url = "mysql://…"
@@ -8,9 +9,12 @@
 //! group_id = "sync-engine"
 //! [kafka.consumer]          # any librdkafka property, passed through
 //! "session.timeout.ms" = "6000"
+//! [stall]
+//! policy = "exit"           # or "wait"
+//! after_ms = 120000
 //! ```
 //! Every key can be overridden as `SYNC_ENGINE__<SECTION>__<KEY>`, e.g.
-//! `SYNC_ENGINE__KAFKA__BROKERS`, `SYNC_ENGINE__SQL_URL`.
+//! `SYNC_ENGINE__KAFKA__BROKERS`, `SYNC_ENGINE__SQL_URL`, `SYNC_ENGINE__STALL__POLICY`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,6 +41,11 @@ pub struct HttpConfig {
     pub listen: String,
     /// `/readyz` fails once checkpoint cycles have been failing this long.
     pub unready_after_ms: u64,
+    /// The file's own `[stall]` section (filled in by [`PipelineConfig::load`]). It travels
+    /// here, next to the other readiness setting, so that a `PipelineConfig` written out field
+    /// by field (as `dev` does) needs no new field.
+    #[serde(skip)]
+    pub stall: StallConfig,
 }
 
 impl Default for HttpConfig {
@@ -44,8 +53,42 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "0.0.0.0:9464".into(),
             unready_after_ms: 30_000,
+            stall: StallConfig::default(),
         }
     }
+}
+
+/// `[stall]`: what a pipeline that cannot make progress does (`sidecar::stall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct StallConfig {
+    pub policy: StallPolicy,
+    /// A retryable failure lasting this long stalls the pipeline (a fatal SQL error at once).
+    pub after_ms: u64,
+}
+
+impl Default for StallConfig {
+    fn default() -> Self {
+        StallConfig {
+            policy: StallPolicy::Exit,
+            // longer than any outage the sidecar rides out by itself (they recover within
+            // seconds of the service returning; a database failover takes well under a
+            // minute), short enough that partitions do not sit for long on a member that
+            // cannot move them
+            after_ms: 120_000,
+        }
+    }
+}
+
+/// What a stalled pipeline does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StallPolicy {
+    /// Leave the group and exit with [`crate::sidecar::EXIT_STALLED`], so an orchestrator
+    /// restarts the process and the group gives its partitions to members that can progress.
+    Exit,
+    /// Stay, keep retrying, and stay unready until it gets through.
+    Wait,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,13 +127,58 @@ impl Default for KafkaConfig {
 
 impl PipelineConfig {
     pub fn load(file: &Path) -> Result<Self> {
-        let config: PipelineConfig = config::Config::builder()
+        let invalid =
+            |e: config::ConfigError| SyncError::Config(format!("{}: {e}", file.display()));
+        let sources = config::Config::builder()
             .add_source(config::File::from(file).format(config::FileFormat::Toml))
             .add_source(env_source())
             .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| SyncError::Config(format!("{}: {e}", file.display())))?;
+            .map_err(invalid)?;
+        let mut config: PipelineConfig = sources.clone().try_deserialize().map_err(invalid)?;
+        config.http.stall = match sources.get::<StallConfig>("stall") {
+            Err(config::ConfigError::NotFound(_)) => StallConfig::default(),
+            stall => stall.map_err(invalid)?,
+        };
         config.engine.validate()?;
+        if config.http.stall.after_ms == 0 {
+            return Err(SyncError::Config(format!(
+                "{}: [stall] after_ms must be above 0",
+                file.display()
+            )));
+        }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<PipelineConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(&file, text).unwrap();
+        PipelineConfig::load(&file)
+    }
+
+    #[test]
+    fn stall_section_is_read_and_defaults_to_exit() {
+        let kafka = "[kafka]\nbrokers = \"b:9092\"\n";
+        assert_eq!(load(kafka).unwrap().http.stall, StallConfig::default());
+        assert_eq!(StallConfig::default().policy, StallPolicy::Exit);
+        let config = load(&format!(
+            "{kafka}[stall]\npolicy = \"wait\"\nafter_ms = 5000\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.http.stall,
+            StallConfig {
+                policy: StallPolicy::Wait,
+                after_ms: 5000
+            }
+        );
+        let wrong = load(&format!("{kafka}[stall]\npolicy = \"retry\"\n")).unwrap_err();
+        assert!(wrong.to_string().contains("retry"), "{wrong}");
+        assert!(load(&format!("{kafka}[stall]\nafter_ms = 0\n")).is_err());
     }
 }
