@@ -7,7 +7,8 @@
 //!   has been failing for longer than `[http] unready_after_ms` (SQL, Redis or Kafka away) and
 //!   while the pipeline is not stalled (`[stall]`, `super::stall`); 503 with
 //!   `{"ready": false, "reason": "…"}` otherwise.
-//! - `GET /metrics` — every `sync_engine_*` metric in the Prometheus text format.
+//! - `GET /metrics` — every `sync_engine_*` metric in the Prometheus text format, with
+//!   `sync_engine_ready` saying what `/readyz` would answer.
 //!
 //! [`Health`] is what the poll loop and the pipeline report to; the metrics themselves are
 //! recorded with the `metrics` macros where things happen and rendered by the one process-wide
@@ -179,7 +180,10 @@ pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(move || async move {
+            get(move |State(health): State<Arc<Health>>| async move {
+                // readiness is judged when asked, as for /readyz: so is its gauge
+                let ready = if health.ready().is_ok() { 1.0 } else { 0.0 };
+                metrics::gauge!("sync_engine_ready").set(ready);
                 (
                     [("content-type", "text/plain; version=0.0.4")],
                     prometheus.render(),

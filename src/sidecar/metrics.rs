@@ -22,8 +22,9 @@ pub(super) use crate::writer::BATCH_RECORDS;
 /// pending maintenance, which is not worth doing on every turn of the poll loop.
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
 
-/// Registers every metric's help text and unit, and gives the state gauges a value from the
-/// start (an alert on `sync_engine_stalled == 1` needs the series before the first stall).
+/// Registers every metric's help text and unit, and gives the state gauges and the unlabelled
+/// counters a value from the start: an alert on `sync_engine_stalled == 1`, or on
+/// `sync_engine_commits_total` not increasing, needs the series before the first event.
 pub(super) fn describe() {
     use Unit::{Bytes, Count, Seconds};
     let counters: [(&str, Unit, &str); 9] = [
@@ -40,11 +41,12 @@ pub(super) fn describe() {
     for (name, unit, help) in counters {
         describe_counter!(name, unit, help);
     }
-    let gauges: [(&str, Unit, &str); 10] = [
+    let gauges: [(&str, Unit, &str); 11] = [
         ("sync_engine_last_commit_timestamp_seconds", Seconds, "Unix time of the last offset commit the broker accepted."),
         ("sync_engine_pending_records", Count, "Records consumed and not yet confirmed."),
         ("sync_engine_paused", Count, "1 while consumption is paused (backpressure or a failing cycle)."),
         ("sync_engine_stalled", Count, "1 while the pipeline is stalled (a fatal SQL error, or a failure outlasting [stall] after_ms)."),
+        ("sync_engine_ready", Count, "1 when /readyz answers 200 (judged at each scrape)."),
         ("sync_engine_build_info", Count, "Always 1; the version is a label."),
         ("sync_engine_consumer_lag_records", Count, "Per assigned partition: log end minus the committed offset (librdkafka statistics; the log end is the larger of the broker's high watermark and what was consumed). 0 once the partition is no longer this member's."),
         ("sync_engine_pending_bytes", Bytes, "Bytes of writes accepted by the engine and not yet durable."),
@@ -73,6 +75,13 @@ pub(super) fn describe() {
         "sync_engine_pending_records",
     ] {
         gauge!(state).set(0.0);
+    }
+    for count in [
+        "sync_engine_commits_total",
+        "sync_engine_confirmations_total",
+        "sync_engine_checkpoints_total",
+    ] {
+        metrics::counter!(count).absolute(0);
     }
 }
 

@@ -91,7 +91,7 @@ pub(super) struct Pipeline {
     checkpoints: BTreeMap<Partition, Unpublished>,
     /// The last cycle failed on something consumption must wait for (SQL, Redis, DLQ, the
     /// output topic): partitions stay paused until a cycle gets through.
-    stalled: bool,
+    waiting: bool,
     /// Partitions are paused for backpressure.
     paused: bool,
     /// After a failed cycle, the next one waits until then.
@@ -151,7 +151,7 @@ impl Pipeline {
             dead_letters: Vec::new(),
             uncommitted: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
-            stalled: false,
+            waiting: false,
             paused: false,
             retry_at: None,
             retry_delay: FIRST_RETRY,
@@ -324,7 +324,7 @@ impl Pipeline {
     /// both clear. Paused, the loop keeps polling, so group membership and rebalances carry on.
     pub fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         self.meters.memory.sample(&self.engine);
-        let blocked = self.halted || self.stalled || !self.engine.has_room(BACKPRESSURE_ROOM);
+        let blocked = self.halted || self.waiting || !self.engine.has_room(BACKPRESSURE_ROOM);
         if !blocked && !self.paused {
             return;
         }
@@ -334,7 +334,7 @@ impl Pipeline {
         if blocked {
             if !self.paused {
                 warn!(
-                    stalled = self.stalled,
+                    waiting = self.waiting,
                     "pausing partitions: the engine is full or a checkpoint is waiting on SQL, Redis or Kafka"
                 );
             }
@@ -413,7 +413,7 @@ impl Pipeline {
                 if was_failing {
                     info!("checkpoint went through again");
                 }
-                self.stalled = false;
+                self.waiting = false;
                 self.retry_at = None;
                 self.retry_delay = FIRST_RETRY;
                 self.failure_reported = None;
@@ -458,7 +458,7 @@ impl Pipeline {
         let mut durable_at = None;
         if !self.pending.is_empty() {
             // 1. durable
-            self.stalled = true; // until the confirmations are out
+            self.waiting = true; // until the confirmations are out
             self.wait(
                 FLUSH_WAIT,
                 "SQL or Redis to take the batch",
@@ -474,7 +474,7 @@ impl Pipeline {
                 self.confirm(&partition)?;
             }
             self.pending_since = None;
-            self.stalled = false;
+            self.waiting = false;
         }
         // 4. checkpoint events, before the offsets they describe are committed
         self.publish_checkpoints(all)?;
