@@ -1,7 +1,7 @@
 //! The Prometheus alert rules, `helm/prometheus/sync-engine.rules.yaml`: valid (`promtool check
 //! rules`), firing on the situations they are for and quiet on the nearest healthy ones
 //! (`promtool test rules` on `sync-engine.rules.test.yaml`), and naming only metrics the
-//! sidecar exports and the README lists. promtool comes with scripts/test (Debian's
+//! sidecar exports; every metric it exports has its line in the README. promtool comes with scripts/test (Debian's
 //! `prometheus` package); without it these tests fail, they do not skip.
 
 mod common;
@@ -75,6 +75,14 @@ fn the_rules_name_only_exported_and_documented_metrics() {
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
     let used = metric_names(&rules);
     assert!(used.len() >= 8, "{used:?}");
+    let exported = metric_names(&catalogue);
+    assert!(exported.len() >= 20, "{exported:?}");
+    for name in &exported {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "{name} (src/sidecar/metrics.rs) has no line in the README's metrics table"
+        );
+    }
     for name in used {
         assert!(
             catalogue.contains(&format!("\"{name}\"")),
