@@ -34,7 +34,7 @@ pub(super) fn describe() {
         ("sync_engine_confirmations_total", Count, "Confirmation events produced."),
         ("sync_engine_checkpoints_total", Count, "Checkpoint events produced."),
         ("sync_engine_commits_total", Count, "Offset commits the broker accepted."),
-        ("sync_engine_cycle_failures_total", Count, "Failed checkpoint cycles, by class (retryable: retried; fatal: the run ends)."),
+        ("sync_engine_cycle_failures_total", Count, "Failed checkpoint cycles, by class (retryable: retried; fatal: the run ends, or for SQL the pipeline stalls)."),
         ("sync_engine_sql_errors_total", Count, "Failed SQL batch transactions, by error class (retryable, fatal)."),
         ("sync_engine_redis_errors_total", Count, "Failed Redis calls, by class (connection: refused, reset or timed out; response: Redis answered with an error)."),
     ];
