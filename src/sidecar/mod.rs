@@ -18,7 +18,10 @@
 //! partitions and tries the cycle again with backoff; a refused commit (the group moved on)
 //! keeps the offsets for partitions still owned and drops them for partitions revoked. Only a
 //! fatal error (a DLQ topic that can never be written, a broken configuration) ends the run,
-//! without committing anything past it. When partitions are revoked, the cycle runs inside
+//! without committing anything past it (exit code 1). A pipeline that cannot move — a fatal
+//! SQL error, or failures outlasting `[stall] after_ms` — is *stalled* ([`stall`]): under
+//! `policy = "exit"` the process leaves the group and exits with [`EXIT_STALLED`], under
+//! `"wait"` it keeps retrying, unready. When partitions are revoked, the cycle runs inside
 //! the rebalance callback before they are released; what it could not commit is left to the
 //! next owner, which replays it. The consumer runs on its own thread (librdkafka's callbacks
 //! are synchronous) and drives the async engine through a runtime handle.
@@ -27,10 +30,12 @@ pub mod checkpoints;
 pub mod config;
 pub mod events;
 pub mod http;
+pub(crate) mod metrics;
 mod output;
 mod pipeline;
 pub mod record;
 pub mod reload;
+mod stall;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -40,10 +45,11 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::engine::SyncEngine;
 use crate::error::{ErrorClass, Result, SyncError};
@@ -51,6 +57,22 @@ use config::PipelineConfig;
 use http::Health;
 use output::Output;
 use pipeline::Pipeline;
+
+/// The exit code of a sidecar that stalled under `[stall] policy = "exit"` (sysexits'
+/// `EX_TEMPFAIL`: a temporary failure, try again). Fatal errors exit with 1.
+pub const EXIT_STALLED: i32 = 75;
+
+/// How often librdkafka reports its statistics (the consumer lag), unless
+/// `[kafka.consumer] "statistics.interval.ms"` says otherwise (0 turns them off).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// How the poll loop ended.
+enum Ending {
+    /// A stop signal, and everything consumed was drained.
+    Stopped,
+    /// Stalled under `policy = "exit"`: the group was left, nothing more is committed.
+    Stalled,
+}
 
 /// Counts of one run, logged at exit.
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,7 +85,9 @@ pub struct Summary {
 
 /// Runs the sidecar until `stop` becomes true, then drains: everything consumed is made
 /// durable, confirmed and committed before it returns. With `file` (the pipeline file
-/// `config` was loaded from), its live settings follow the file ([`reload`]).
+/// `config` was loaded from), its live settings follow the file ([`reload`]). A pipeline
+/// stalled under `[stall] policy = "exit"` ends the process here with [`EXIT_STALLED`] (the
+/// engine cannot be shut down cleanly: its writer is retrying a batch that does not go through).
 pub async fn run(
     config: PipelineConfig,
     file: Option<PathBuf>,
@@ -107,10 +131,17 @@ pub async fn run(
         tokio::task::spawn_blocking(move || consume(config, consumer_pipeline, health, stop))
             .await
             .map_err(|e| SyncError::Config(format!("consumer thread: {e}")))?;
+    if let Ok(Ending::Stalled) = result {
+        error!(
+            code = EXIT_STALLED,
+            "exiting: the pipeline stalled; offsets are committed only up to what is durable"
+        );
+        std::process::exit(EXIT_STALLED);
+    }
     engine.shutdown().await;
     let summary = pipeline.lock().expect("pipeline lock").summary;
     info!(?summary, "sidecar stopped");
-    result.map(|()| summary)
+    result.map(|_| summary)
 }
 
 /// Starts the engine, waiting for SQL while it is unreachable (a database failing over as the
@@ -143,7 +174,8 @@ fn consumer_config(config: &PipelineConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     for (k, v) in config.kafka.consumer_properties() {
         c.set(k, v);
     }
@@ -156,10 +188,11 @@ fn consume(
     pipeline: Arc<Mutex<Pipeline>>,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
-) -> Result<()> {
+) -> Result<Ending> {
     let context = Revocations {
         pipeline: pipeline.clone(),
         health: health.clone(),
+        lag: metrics::Lag::new(&config.kafka.input_topic),
         refused: Mutex::new(None),
     };
     let consumer: BaseConsumer<Revocations> =
@@ -188,11 +221,28 @@ fn consume(
                 Err(e) => warn!(error = %e, "consumer error (librdkafka retries)"),
             }
         }
-        pipeline.lock().expect("pipeline lock").cycle(&consumer)?;
+        let mut pipeline_now = pipeline.lock().expect("pipeline lock");
+        pipeline_now.cycle(&consumer)?;
+        if pipeline_now.stall_check() {
+            return Ok(leave(&consumer, pipeline_now));
+        }
     }
-    drain(&consumer, &pipeline, &health)?;
+    let ending = drain(&consumer, &pipeline, &health)?;
     consumer.unsubscribe();
-    Ok(())
+    Ok(ending)
+}
+
+/// Stalled under `policy = "exit"`: nothing more is confirmed or committed, and the group is
+/// left now, so the partitions move to another member without waiting for a session timeout
+/// (the revocation finds the pipeline halted and commits nothing).
+fn leave(
+    consumer: &BaseConsumer<Revocations>,
+    mut pipeline: std::sync::MutexGuard<'_, Pipeline>,
+) -> Ending {
+    pipeline.halt();
+    drop(pipeline);
+    consumer.unsubscribe();
+    Ending::Stalled
 }
 
 /// After a stop signal: consume nothing more, and run the cycle until everything consumed is
@@ -202,7 +252,7 @@ fn drain(
     consumer: &BaseConsumer<Revocations>,
     pipeline: &Mutex<Pipeline>,
     health: &Health,
-) -> Result<()> {
+) -> Result<Ending> {
     info!("stopping: draining what was consumed");
     let mut warned = false;
     loop {
@@ -214,7 +264,10 @@ fn drain(
             let mut pipeline = pipeline.lock().expect("pipeline lock");
             pipeline.drain_step(consumer)?;
             if pipeline.is_settled() {
-                return Ok(());
+                return Ok(Ending::Stopped);
+            }
+            if pipeline.stall_check() {
+                return Ok(leave(consumer, pipeline));
             }
             if !warned {
                 warn!("the last records are not committed yet (SQL, Redis or Kafka unavailable); still draining");
@@ -227,16 +280,22 @@ fn drain(
     }
 }
 
-/// Finishes, confirms and commits revoked partitions before librdkafka releases them.
+/// Finishes, confirms and commits revoked partitions before librdkafka releases them; turns
+/// librdkafka's statistics into the consumer lag gauges.
 struct Revocations {
     pipeline: Arc<Mutex<Pipeline>>,
     health: Arc<Health>,
+    lag: metrics::Lag,
     /// A TLS or authentication failure before the first assignment: the configuration (a
     /// CA, a password, a protocol) is wrong, and the poll loop ends the run with it.
     refused: Mutex<Option<String>>,
 }
 
 impl ClientContext for Revocations {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         use rdkafka::types::RDKafkaErrorCode as Code;
         let refusal = matches!(

@@ -11,6 +11,13 @@
 //! A retryable failure at any step leaves everything after it for the next attempt (backoff
 //! from [`FIRST_RETRY`] to [`LAST_RETRY`]); steps 1–3 failing also pause consumption. A fatal
 //! one halts the pipeline: nothing is committed from then on, and the run ends with the error.
+//! Fatal SQL errors are the exception: they are retried like the others and stall the
+//! pipeline at once (`super::stall` decides what then), since an operator can fix them
+//! (restore the table, the grant) without losing anything consumed.
+//!
+//! Metrics are kept per partition batch and per cycle, never per record: the oldest Kafka
+//! timestamp of each partition's pending records gives the produce→confirmation latency once
+//! its confirmation is delivered, and the cycle times its confirm-and-commit tail.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,8 +33,10 @@ use tracing::{debug, error, info, warn};
 use super::config::PipelineConfig;
 use super::events::{Checkpoint, Confirmation, ConfirmedItem, Op, Outcome, DLQ_HEADERS};
 use super::http::Health;
+use super::metrics::Memory;
 use super::output::{DeadLetter, Output};
 use super::record::{self, RawRecord, Rejection, Write};
+use super::stall::Stall;
 use super::{trace, Summary};
 use crate::engine::SyncEngine;
 use crate::error::{ErrorClass, Result, SyncError};
@@ -41,12 +50,22 @@ const READ_WAIT: Duration = Duration::from_secs(5);
 const BACKPRESSURE_ROOM: usize = 1 << 20;
 /// At most one WARN about DLQ records per this interval.
 const DLQ_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// While cycles keep failing, at most one WARN about it per this interval.
+const FAILURE_REPORT_EVERY: Duration = Duration::from_secs(30);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
 /// A (topic, partition) — the record's own topic, so confirmations, commits and DLQ headers
 /// always name the same one.
 type Partition = (String, i32);
+
+/// The records of one partition consumed since its last confirmation.
+#[derive(Default)]
+struct Unconfirmed {
+    records: Vec<Consumed>,
+    /// The oldest Kafka timestamp among them (CreateTime or LogAppendTime), in ms.
+    oldest_ms: Option<i64>,
+}
 
 /// One consumed record waiting for its confirmation.
 struct Consumed {
@@ -62,7 +81,7 @@ pub(super) struct Pipeline {
     config: PipelineConfig,
     health: Arc<Health>,
     /// Per partition, the records consumed since its last confirmation, in offset order.
-    pending: BTreeMap<Partition, Vec<Consumed>>,
+    pending: BTreeMap<Partition, Unconfirmed>,
     pending_since: Option<Instant>,
     /// Bad records not yet acknowledged by the DLQ topic: no confirmation before they are.
     dead_letters: Vec<DeadLetter>,
@@ -72,12 +91,17 @@ pub(super) struct Pipeline {
     checkpoints: BTreeMap<Partition, Unpublished>,
     /// The last cycle failed on something consumption must wait for (SQL, Redis, DLQ, the
     /// output topic): partitions stay paused until a cycle gets through.
-    stalled: bool,
+    waiting: bool,
     /// Partitions are paused for backpressure.
     paused: bool,
     /// After a failed cycle, the next one waits until then.
     retry_at: Option<Instant>,
     retry_delay: Duration,
+    /// When the current streak of failed cycles was last logged at WARN.
+    failure_reported: Option<Instant>,
+    /// The last cycle failed on a fatal SQL error (its message): the pipeline is stalled.
+    fatal_sql: Option<String>,
+    stall: Stall,
     /// A fatal error happened: nothing is confirmed or committed any more.
     halted: bool,
     pub summary: Summary,
@@ -90,6 +114,16 @@ pub(super) struct Pipeline {
     dlq_reported_at: Option<Instant>,
     /// The configuration as hot reload last applied it (`super::reload`).
     live: Option<tokio::sync::watch::Receiver<PipelineConfig>>,
+    meters: Meters,
+}
+
+/// Handles of the pipeline's unlabelled metrics, looked up once.
+struct Meters {
+    cycle: metrics::Histogram,
+    confirm_commit: metrics::Histogram,
+    produce_to_confirmation: metrics::Histogram,
+    pending_records: metrics::Gauge,
+    memory: Memory,
 }
 
 /// A partition's newest confirmed state that no checkpoint event carries yet.
@@ -107,6 +141,7 @@ impl Pipeline {
         config: PipelineConfig,
         health: Arc<Health>,
     ) -> Self {
+        let stall = Stall::new(config.stall, health.clone());
         Pipeline {
             engine,
             output,
@@ -118,16 +153,26 @@ impl Pipeline {
             dead_letters: Vec::new(),
             uncommitted: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
-            stalled: false,
+            waiting: false,
             paused: false,
             retry_at: None,
             retry_delay: FIRST_RETRY,
+            failure_reported: None,
+            fatal_sql: None,
+            stall,
             halted: false,
             summary: Summary::default(),
             received: BTreeMap::new(),
             dlq_unreported: BTreeMap::new(),
             dlq_reported_at: None,
             live: None,
+            meters: Meters {
+                cycle: histogram!("sync_engine_cycle_duration_seconds"),
+                confirm_commit: histogram!("sync_engine_confirm_commit_duration_seconds"),
+                produce_to_confirmation: histogram!("sync_engine_produce_to_confirmation_seconds"),
+                pending_records: gauge!("sync_engine_pending_records"),
+                memory: Memory::new(),
+            },
         }
     }
 
@@ -219,10 +264,14 @@ impl Pipeline {
             Op::Dlq => self.summary.dlq += 1,
             _ => self.summary.written += 1,
         }
-        self.pending
+        let unconfirmed = self
+            .pending
             .entry((message.topic().to_string(), partition))
-            .or_default()
-            .push(Consumed { item, durable });
+            .or_default();
+        unconfirmed.records.push(Consumed { item, durable });
+        if let Some(ms) = message.timestamp().to_millis() {
+            unconfirmed.oldest_ms = Some(unconfirmed.oldest_ms.map_or(ms, |t| t.min(ms)));
+        }
         self.pending_since.get_or_insert_with(Instant::now);
         Ok(())
     }
@@ -282,7 +331,8 @@ impl Pipeline {
     /// or a cycle is stuck on something (SQL, Redis, the DLQ or output topic); resumes when
     /// both clear. Paused, the loop keeps polling, so group membership and rebalances carry on.
     pub fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        let blocked = self.halted || self.stalled || !self.engine.has_room(BACKPRESSURE_ROOM);
+        self.meters.memory.sample(&self.engine);
+        let blocked = self.halted || self.waiting || !self.engine.has_room(BACKPRESSURE_ROOM);
         if !blocked && !self.paused {
             return;
         }
@@ -292,7 +342,7 @@ impl Pipeline {
         if blocked {
             if !self.paused {
                 warn!(
-                    stalled = self.stalled,
+                    waiting = self.waiting,
                     "pausing partitions: the engine is full or a checkpoint is waiting on SQL, Redis or Kafka"
                 );
             }
@@ -345,7 +395,7 @@ impl Pipeline {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        let count: usize = self.pending.values().map(Vec::len).sum();
+        let count = self.pending_records();
         let age = Duration::from_millis(self.config.engine.batch_flush_ms);
         let interval = Duration::from_millis(self.config.kafka.checkpoint_interval_ms);
         count >= self.config.engine.batch_flush_count
@@ -367,25 +417,40 @@ impl Pipeline {
         let was_failing = self.retry_at.is_some();
         let started = Instant::now();
         let result = self.try_cycle(consumer, all);
-        let pending: usize = self.pending.values().map(Vec::len).sum();
-        gauge!("sync_engine_pending_records").set(pending as f64);
+        self.meters
+            .pending_records
+            .set(self.pending_records() as f64);
         match result {
             Ok(()) => {
-                histogram!("sync_engine_cycle_duration_seconds").record(started.elapsed());
+                self.meters.cycle.record(started.elapsed());
                 self.report_dead_letters(all);
                 self.health.cycle_ok();
                 if was_failing {
                     info!("checkpoint went through again");
                 }
-                self.stalled = false;
+                self.waiting = false;
                 self.retry_at = None;
                 self.retry_delay = FIRST_RETRY;
+                self.failure_reported = None;
+                self.fatal_sql = None;
                 Ok(())
             }
-            Err(e) if e.class() == ErrorClass::Retryable => {
-                counter!("sync_engine_cycle_failures_total", "class" => "retryable").increment(1);
+            // a fatal SQL error is retried too: an operator can fix it without losing
+            // anything consumed, and the stall policy says whether to wait for that
+            Err(e) if e.class() == ErrorClass::Retryable || matches!(e, SyncError::Sql(_)) => {
+                counter!("sync_engine_cycle_failures_total", "class" => e.class().as_str())
+                    .increment(1);
                 self.health.cycle_failed(&e.to_string());
-                warn!(error = %e, retry_in = ?self.retry_delay, "checkpoint incomplete; nothing uncommitted is lost, retrying");
+                self.fatal_sql = (e.class() == ErrorClass::Fatal).then(|| e.to_string());
+                if self
+                    .failure_reported
+                    .is_none_or(|t| t.elapsed() >= FAILURE_REPORT_EVERY)
+                {
+                    warn!(error = %e, retry_in = ?self.retry_delay, "checkpoint incomplete; nothing uncommitted is lost, retrying");
+                    self.failure_reported = Some(Instant::now());
+                } else {
+                    debug!(error = %e, retry_in = ?self.retry_delay, "checkpoint still incomplete; retrying");
+                }
                 self.retry_at = Some(Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(LAST_RETRY);
                 Ok(())
@@ -405,28 +470,72 @@ impl Pipeline {
         consumer: &BaseConsumer<C>,
         all: bool,
     ) -> Result<()> {
+        let mut durable_at = None;
         if !self.pending.is_empty() {
             // 1. durable
-            self.stalled = true; // until the confirmations are out
+            self.waiting = true; // until the confirmations are out
             self.wait(
                 FLUSH_WAIT,
                 "SQL or Redis to take the batch",
                 self.engine.flush(),
-            )?;
+            )
+            .map_err(|e| self.why_not_durable(e))?;
             // 2. DLQ records acknowledged
             self.deliver_dead_letters()?;
+            durable_at = Some(Instant::now());
             // 3. confirmations
             let partitions: Vec<Partition> = self.pending.keys().cloned().collect();
             for partition in partitions {
                 self.confirm(&partition)?;
             }
             self.pending_since = None;
-            self.stalled = false;
+            self.waiting = false;
         }
         // 4. checkpoint events, before the offsets they describe are committed
         self.publish_checkpoints(all)?;
         // 5. commit
-        self.commit(consumer)
+        self.commit(consumer)?;
+        if let Some(t) = durable_at {
+            self.meters.confirm_commit.record(t.elapsed());
+        }
+        Ok(())
+    }
+
+    /// A flush that timed out says only that it waited; the write the engine is retrying
+    /// says what it waits for (for `/readyz` and the stall reason).
+    fn why_not_durable(&self, timeout: SyncError) -> SyncError {
+        match self.engine.write_failure() {
+            Some(failure) => SyncError::Unavailable(format!(
+                "{} writes failing for {} s ({} attempts): {}",
+                failure.tier,
+                failure.since.elapsed().as_secs(),
+                failure.attempts,
+                failure.error
+            )),
+            None => timeout,
+        }
+    }
+
+    fn pending_records(&self) -> usize {
+        self.pending.values().map(|u| u.records.len()).sum()
+    }
+
+    /// Judges whether the pipeline is stalled (a fatal SQL error in a batch or in the cycle's
+    /// own reads, or cycles failing for `[stall] after_ms`); true when the policy says the
+    /// process must go.
+    pub fn stall_check(&mut self) -> bool {
+        let failure = self.engine.write_failure();
+        let fatal = match failure.as_ref().filter(|f| f.class == ErrorClass::Fatal) {
+            Some(f) => Some(format!("{} writes fail with an error no retry can fix (a dropped table, a revoked grant?): {}", f.tier, f.error)),
+            None => self.fatal_sql.clone(),
+        };
+        self.stall.judge(fatal, self.health.failing_for())
+    }
+
+    /// Stops confirming and committing for good (the process is about to exit): what is
+    /// pending stays uncommitted, for the partitions' next owner to replay.
+    pub fn halt(&mut self) {
+        self.halted = true;
     }
 
     /// One WARN with the DLQ records per code since the last one, if any, and if the last one
@@ -475,7 +584,9 @@ impl Pipeline {
             .map_or(-1, |v| v as i64 - 1);
         let horizon = self.engine.replay_horizon(&source).unwrap_or(0);
         let consumed = &self.pending[partition];
+        let oldest_ms = consumed.oldest_ms;
         let items: Vec<ConfirmedItem> = consumed
+            .records
             .iter()
             .map(|c| {
                 let mut item = c.item.clone();
@@ -503,6 +614,16 @@ impl Pipeline {
             state_offset: last_offset.max(sql_offset),
         };
         let events = self.output.confirm(&template, &items)? as u64;
+        if let Some(oldest_ms) = oldest_ms {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            // a producer's clock ahead of ours would make it negative
+            let age_ms = (now_ms - oldest_ms).max(0);
+            self.meters
+                .produce_to_confirmation
+                .record(age_ms as f64 / 1000.0);
+        }
         self.summary.confirmations += events;
         counter!("sync_engine_confirmations_total").increment(events);
         let mut tally: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
@@ -626,7 +747,10 @@ impl Pipeline {
         }
         self.dead_letters.retain(|l| !revoked.contains(&l.source));
         for partition in revoked {
-            let left = self.pending.remove(partition).map_or(0, |p| p.len());
+            let left = self
+                .pending
+                .remove(partition)
+                .map_or(0, |p| p.records.len());
             let uncommitted = self.uncommitted.remove(partition);
             self.checkpoints.remove(partition);
             self.engine

@@ -11,7 +11,7 @@
 //!   and the checkpoint cycle), `[kafka] checkpoint_every_batches` and
 //!   `checkpoint_interval_ms`, and `log_level`.
 //! - **After a restart**: everything else (brokers, topics, group, client properties, URLs,
-//!   passwords, the HTTP address, memory limits…). A change to one is logged as a WARN naming
+//!   passwords, the HTTP address, memory limits, `[stall]`…). A change to one is logged as a WARN naming
 //!   it, once per change, and the running value stays.
 //! - A file that no longer loads (bad TOML, an invalid value) changes nothing and is logged.
 
@@ -165,6 +165,7 @@ pub fn apply(
     restart!(kafka.producer);
     restart!(http.listen);
     restart!(http.unready_after_ms);
+    restart!(stall);
     (next, changed, pending)
 }
 

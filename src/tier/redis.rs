@@ -24,7 +24,13 @@
 //! **Circuit breaker.** Two connection-level failures in a row open it: calls then fail at
 //! once (callers fall back to SQL, writers record repairs instead of writing) until a delay
 //! has passed — 0.5 s, doubling up to 2 s while Redis stays away. The first call after the
-//! delay is the probe: success closes the breaker, failure reopens it. Transitions are logged.
+//! delay is the probe: success closes the breaker, failure reopens it. Transitions are logged,
+//! and `sync_engine_redis_circuit_open` follows them.
+//!
+//! **Metrics** (no-ops without a recorder): every MULTI/EXEC pipeline of writes is timed
+//! (`sync_engine_redis_pipeline_duration_seconds`), and every failed call is counted by class
+//! (`sync_engine_redis_errors_total`: `connection` or `response`) where the breaker hears of
+//! it — calls the open breaker turns away never reach Redis and are not counted.
 //! Not supported: Redis Cluster (the scripts touch keys they cannot declare up front).
 //!
 //! **TLS and credentials.** `rediss://` connects over TLS (the system's OpenSSL, through
@@ -137,6 +143,7 @@ impl Breaker {
     fn succeeded(&mut self) {
         if let Breaker::Open { .. } = self {
             info!("Redis answers again: circuit closed");
+            metrics::gauge!("sync_engine_redis_circuit_open").set(0.0);
         }
         *self = Breaker::Closed { failures: 0 };
     }
@@ -149,6 +156,7 @@ impl Breaker {
             Breaker::Closed { .. } => {
                 warn!(error = %error, open_for = ?FIRST_OPEN,
                     "Redis unreachable: circuit open; reads go to SQL, writes are repaired in Redis once it answers");
+                metrics::gauge!("sync_engine_redis_circuit_open").set(1.0);
                 Breaker::Open {
                     until: now + FIRST_OPEN,
                     delay: FIRST_OPEN,
@@ -301,6 +309,7 @@ impl RedisTier {
         sets.extend_from_slice(b"\xffstate:");
         let mut mirrors = prefix.as_bytes().to_vec();
         mirrors.extend_from_slice(b"\xffmerkle:");
+        metrics::gauge!("sync_engine_redis_circuit_open").set(0.0);
         Ok(RedisTier {
             client: access.client(url)?,
             prefix: prefix.to_string(),
@@ -388,8 +397,17 @@ impl RedisTier {
     fn observe<T>(&self, result: Result<T, RedisError>) -> Result<T, RedisError> {
         let mut breaker = self.breaker.lock().expect("lock");
         match &result {
-            Err(e) if is_connection_error(e) => breaker.failed(Instant::now(), e),
-            _ => breaker.succeeded(),
+            Err(e) if is_connection_error(e) => {
+                metrics::counter!("sync_engine_redis_errors_total", "class" => "connection")
+                    .increment(1);
+                breaker.failed(Instant::now(), e);
+            }
+            Err(_) => {
+                metrics::counter!("sync_engine_redis_errors_total", "class" => "response")
+                    .increment(1);
+                breaker.succeeded();
+            }
+            Ok(_) => breaker.succeeded(),
         }
         result
     }
@@ -452,7 +470,10 @@ impl RedisTier {
                 self.add_write(command, write, use_json);
             }
             command.ignore();
+            let started = Instant::now();
             self.observe(pipe.query_async::<()>(&mut connection).await)?;
+            metrics::histogram!("sync_engine_redis_pipeline_duration_seconds")
+                .record(started.elapsed());
         }
         Ok(())
     }

@@ -11,6 +11,9 @@
 //!
 //! The upserts carry a guard themselves as well (a newer version, or another source), so even
 //! a writer that bypassed the locks could never move a row backwards within one source.
+//!
+//! Each transaction is measured: `sync_engine_sql_transaction_duration_seconds` when it
+//! commits, `sync_engine_sql_errors_total{class}` when it fails (once per batch, not per row).
 
 use std::collections::{HashMap, HashSet};
 
@@ -225,6 +228,20 @@ pub(super) async fn apply(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
     if ops.is_empty() {
         return Ok(Vec::new());
     }
+    let started = std::time::Instant::now();
+    let result = transaction(tier, ops).await;
+    match &result {
+        Ok(_) => metrics::histogram!("sync_engine_sql_transaction_duration_seconds")
+            .record(started.elapsed()),
+        Err(e) => {
+            metrics::counter!("sync_engine_sql_errors_total", "class" => e.class().as_str())
+                .increment(1);
+        }
+    }
+    result
+}
+
+async fn transaction(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
     let dialect = tier.dialect;
     let ids: Vec<&[u8]> = ops.iter().map(|op| op.id().as_bytes()).collect();
     on_pool!(tier, pool => {

@@ -248,3 +248,25 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// Runs Prometheus's `promtool` with `args` (and `stdin`, if any); a missing promtool fails
+/// the test: scripts/test installs it (Debian's `prometheus` package).
+pub fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool cannot run ({e}): run the suite with scripts/test (it installs Debian's prometheus package, which carries promtool)")
+        });
+    let mut input = child.stdin.take().expect("promtool's stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
