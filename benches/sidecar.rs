@@ -46,6 +46,20 @@
 //!    `batch_flush_bytes = 8 MiB`); a least-squares fit of the time per checkpoint cycle
 //!    (`batch_flush_count` / steady rate) splits it into a fixed and a per-item part.
 //!
+//! With `SYNC_ENGINE_BENCH_SCRAPE=1`, a thread of the bench GETs `/metrics` from the sidecar
+//! once per second during every throughput run (sections 1 and 4), from the moment the
+//! sidecar logs its endpoint (`HTTP endpoint … address=HOST:PORT`: the benches listen on
+//! port 0) until all N are confirmed; each run reports the scrapes' count, failures, mean
+//! body size and mean/max latency (connect → whole answer read). A 1 s scraper is a heavy
+//! one (Prometheus' usual interval is 15–60 s). With `SYNC_ENGINE_BENCH_SCRAPE=compare` the
+//! bench runs nothing but throughput runs of one N, unscraped and scraped alternately
+//! (unscraped, scraped, unscraped, …; under `cargo bench` N = 200 000 and 5 pairs, about 14 s
+//! of steady window per run, ~5 min in all), and prints both medians (end-to-end and
+//! steady), their ratio, the median of the per-pair ratios (each scraped run against the
+//! unscraped run right before it) and the sidecar's CPU per item in the steady window. The
+//! metrics are recorded in both arms: this measures serving them, not recording them.
+//! Unset (or `0`), the bench is unchanged.
+//!
 //! Services (defaults are this machine's): `SYNC_ENGINE_TEST_KAFKA_BROKERS`
 //! (`127.0.0.1:19092`), `SYNC_ENGINE_TEST_MYSQL_URL` (`mysql://root@127.0.0.1:3306/test`),
 //! `SYNC_ENGINE_TEST_REDIS_URL` (`redis://127.0.0.1:6379`). One that cannot be reached skips
@@ -64,7 +78,12 @@ use sidecar::{
 };
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureRecord;
@@ -90,6 +109,10 @@ struct Sizes {
     runs: usize,
     latency_secs: u64,
     variants: bool,
+    /// Records per run and (unscraped, scraped) pairs of runs under
+    /// `SYNC_ENGINE_BENCH_SCRAPE=compare`.
+    scrape_n: usize,
+    scrape_pairs: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -97,6 +120,8 @@ const FULL: Sizes = Sizes {
     runs: 3,
     latency_secs: 15,
     variants: true,
+    scrape_n: 200_000,
+    scrape_pairs: 5,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -104,6 +129,8 @@ const SMOKE: Sizes = Sizes {
     runs: 1,
     latency_secs: 3,
     variants: false,
+    scrape_n: 2000,
+    scrape_pairs: 1,
 };
 
 /// Nearest-rank percentile of sorted values.
@@ -130,6 +157,179 @@ fn read_ceiling(env: &Env, topic: &str, n: usize) -> Duration {
 }
 
 // ---------------------------------------------------------------------------------------
+// scraping /metrics during throughput runs
+
+const SCRAPE_ENV: &str = "SYNC_ENGINE_BENCH_SCRAPE";
+/// How often the scraper GETs `/metrics`.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, PartialEq)]
+enum ScrapeMode {
+    /// The bench as it is without the variable.
+    Off,
+    /// Every throughput run scraped.
+    On,
+    /// Only throughput runs, unscraped and scraped alternately.
+    Compare,
+}
+
+fn scrape_mode() -> ScrapeMode {
+    match std::env::var(SCRAPE_ENV).as_deref() {
+        Err(_) | Ok("" | "0") => ScrapeMode::Off,
+        Ok("1") => ScrapeMode::On,
+        Ok("compare") => ScrapeMode::Compare,
+        Ok(other) => panic!("{SCRAPE_ENV}={other:?}: expected 0, 1 or compare"),
+    }
+}
+
+/// What a scraper saw.
+#[derive(Clone, Debug, Default)]
+struct Scrapes {
+    /// Answers 200.
+    ok: usize,
+    /// Errors and other statuses.
+    failed: usize,
+    /// Body bytes of the answers 200.
+    bytes: usize,
+    /// Connect → whole answer read, summed over the answers 200.
+    latency: Duration,
+    max_latency: Duration,
+}
+
+impl Scrapes {
+    fn mean_bytes(&self) -> f64 {
+        self.bytes as f64 / self.ok.max(1) as f64
+    }
+
+    fn mean_ms(&self) -> f64 {
+        self.latency.as_secs_f64() * 1000.0 / self.ok.max(1) as f64
+    }
+
+    fn add(&mut self, other: &Scrapes) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.bytes += other.bytes;
+        self.latency += other.latency;
+        self.max_latency = self.max_latency.max(other.max_latency);
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} scrapes of /metrics ({} failed), mean {:.0} B, latency mean {:.2} ms, max {:.2} ms",
+            self.ok,
+            self.failed,
+            self.mean_bytes(),
+            self.mean_ms(),
+            self.max_latency.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// The `address=HOST:PORT` of the sidecar's `HTTP endpoint` log line (colors stripped).
+fn endpoint(log: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains("HTTP endpoint"))?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // an ANSI escape: up to its final letter
+            chars.by_ref().find(char::is_ascii_alphabetic);
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .map(str::to_string)
+}
+
+/// `GET /metrics` over HTTP/1.0: the body's bytes of an answer 200.
+fn get_metrics(address: &str) -> std::io::Result<usize> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
+    let status = String::from_utf8_lossy(&response[..head])
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_string);
+    match status.as_deref() {
+        Some("200") => Ok(response.len() - head - 4),
+        other => Err(std::io::Error::other(format!("status {other:?}"))),
+    }
+}
+
+/// A thread that reads the sidecar's endpoint from its log and GETs `/metrics` every
+/// [`SCRAPE_EVERY`], the first time as soon as the address is logged, until stopped.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Scrapes>>,
+}
+
+impl Scraper {
+    fn start(log: &Path) -> Scraper {
+        let log = log.to_path_buf();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = Scrapes::default();
+            let address = loop {
+                if flag.load(Ordering::SeqCst) {
+                    return scrapes;
+                }
+                if let Some(address) = endpoint(&std::fs::read_to_string(&log).unwrap_or_default())
+                {
+                    break address;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let mut next = Instant::now();
+            while !flag.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_millis(10)));
+                    continue;
+                }
+                match get_metrics(&address) {
+                    Ok(bytes) => {
+                        let took = now.elapsed();
+                        scrapes.ok += 1;
+                        scrapes.bytes += bytes;
+                        scrapes.latency += took;
+                        scrapes.max_latency = scrapes.max_latency.max(took);
+                    }
+                    Err(_) => scrapes.failed += 1,
+                }
+                next = (next + SCRAPE_EVERY).max(Instant::now());
+            }
+            scrapes
+        });
+        Scraper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Scrapes {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("a scraper thread");
+        thread.join().expect("the scraper thread")
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // 1. throughput
 
 struct ThroughputRun {
@@ -142,6 +342,8 @@ struct ThroughputRun {
     rows: i64,
     keys: usize,
     exit: String,
+    /// With a scraper: what it saw from spawn to all confirmed.
+    scrapes: Option<Scrapes>,
 }
 
 impl ThroughputRun {
@@ -165,6 +367,9 @@ impl ThroughputRun {
         );
         println!("      cpu (steady): {}{}", b.cpu.line(), b.cpu.disturbed());
         println!("      sidecar threads: {}", b.cpu.threads_line());
+        if let Some(scrapes) = &self.scrapes {
+            println!("      {}", scrapes.line());
+        }
         // + 1 state set + one Merkle mirror per partition
         if self.rows != b.n as i64 || self.keys != b.n + 1 + PARTITIONS as usize {
             println!(
@@ -176,9 +381,23 @@ impl ThroughputRun {
             println!("      WARNING: unexpected exit: {}", self.exit);
         }
     }
+
+    /// The sidecar's CPU µs per item in the steady window.
+    fn sidecar_us(&self) -> f64 {
+        let b = &self.backlog;
+        b.cpu.get("sidecar") / 100.0 * (b.total - b.to_first).as_secs_f64() * 1e6
+            / b.steady_items() as f64
+    }
 }
 
-async fn throughput_run(env: &Env, label: &str, n: usize, flush: Tuning) -> ThroughputRun {
+/// `scrape`: with a [`Scraper`] from spawn to all confirmed.
+async fn throughput_run(
+    env: &Env,
+    label: &str,
+    n: usize,
+    flush: Tuning,
+    scrape: bool,
+) -> ThroughputRun {
     let pipe = Pipe::new(env, label, None).await;
     let records: Vec<(String, Vec<u8>)> = (0..n as u64)
         .map(|i| (format!("item.{i:08}"), payload(i)))
@@ -197,9 +416,11 @@ async fn throughput_run(env: &Env, label: &str, n: usize, flush: Tuning) -> Thro
     let reader = ConfirmationReader::start(env, &pipe.output(env));
     let start = Instant::now();
     let mut sidecar = pipe.start(env, flush, "");
+    let scraper = scrape.then(|| Scraper::start(sidecar.log_path()));
     let backlog = reader
         .all_confirmed(env, label, &mut sidecar, start, n)
         .await;
+    let scrapes = scraper.map(Scraper::finish);
     let status = sidecar.stop();
     let exit = sidecar
         .log()
@@ -223,6 +444,7 @@ async fn throughput_run(env: &Env, label: &str, n: usize, flush: Tuning) -> Thro
         rows,
         keys,
         exit,
+        scrapes,
     }
 }
 
@@ -560,6 +782,11 @@ async fn engine_run(env: &Env, label: &str, n: usize, serial: bool, redis: bool)
 // the bench
 
 async fn bench(env: &Env, sizes: Sizes) {
+    let scrape = match scrape_mode() {
+        ScrapeMode::Off => false,
+        ScrapeMode::On => true,
+        ScrapeMode::Compare => return compare_scraped(env, sizes).await,
+    };
     let n = sizes.n;
     let load_before = loadavg();
     let started = Instant::now();
@@ -574,7 +801,7 @@ async fn bench(env: &Env, sizes: Sizes) {
     let (mut engine_serial, mut engine_pipelined, mut engine_sql_only) =
         (Vec::new(), Vec::new(), Vec::new());
     for run in 0..sizes.runs {
-        let t = throughput_run(env, &format!("tp{run}"), n, DEFAULT_TUNING).await;
+        let t = throughput_run(env, &format!("tp{run}"), n, DEFAULT_TUNING, scrape).await;
         t.print(&format!("sidecar run {}", run + 1));
         runs.push(t);
         let r = raw.run(env, run, n).await;
@@ -624,7 +851,7 @@ async fn bench(env: &Env, sizes: Sizes) {
                 },
             ),
         ] {
-            let t = throughput_run(env, label, n, flush).await;
+            let t = throughput_run(env, label, n, flush, scrape).await;
             t.print(&format!(
                 "variant batch_flush_count = {}, batch_flush_bytes = {}",
                 flush.count, flush.bytes
@@ -751,6 +978,17 @@ async fn bench(env: &Env, sizes: Sizes) {
         median(&produces),
         median(&reads)
     );
+    if scrape {
+        let mut all = Scrapes::default();
+        for r in runs.iter().chain(&variants) {
+            all.add(r.scrapes.as_ref().expect("scraped runs"));
+        }
+        println!(
+            "   /metrics scraped every {} s during every throughput run: {}",
+            SCRAPE_EVERY.as_secs(),
+            all.line()
+        );
+    }
     println!("2. latency produce → confirmation at {rate:.0} items/s (half the median throughput)");
     for l in &latencies {
         println!(
@@ -856,6 +1094,105 @@ async fn bench(env: &Env, sizes: Sizes) {
     }
     println!("{}", machine_line(&load_before, started));
     println!("===============================================================");
+}
+
+// ---------------------------------------------------------------------------------------
+// SYNC_ENGINE_BENCH_SCRAPE=compare
+
+/// Throughput runs of the same N, unscraped and scraped alternately; both medians and ratios.
+async fn compare_scraped(env: &Env, sizes: Sizes) {
+    let n = sizes.scrape_n;
+    let load_before = loadavg();
+    let started = Instant::now();
+    println!(
+        "sidecar bench, {SCRAPE_ENV}=compare: {} (unscraped, scraped) pairs of throughput runs, \
+         N = {n} records of {ITEM_BYTES} B, {PARTITIONS} partitions, /metrics every {} s; binary {SIDECAR}",
+        sizes.scrape_pairs,
+        SCRAPE_EVERY.as_secs()
+    );
+    let mut runs: Vec<ThroughputRun> = Vec::new();
+    for pair in 0..sizes.scrape_pairs {
+        for scraped in [false, true] {
+            let label = format!("{}{pair}", if scraped { "sc" } else { "un" });
+            let t = throughput_run(env, &label, n, DEFAULT_TUNING, scraped).await;
+            t.print(&format!(
+                "pair {} {}",
+                pair + 1,
+                if scraped { "scraped  " } else { "unscraped" }
+            ));
+            runs.push(t);
+        }
+    }
+
+    let side = |scraped: bool| -> Vec<&ThroughputRun> {
+        runs.iter()
+            .filter(|r| r.scrapes.is_some() == scraped)
+            .collect()
+    };
+    let values = |scraped: bool, f: &dyn Fn(&ThroughputRun) -> f64| -> Vec<f64> {
+        side(scraped).into_iter().map(f).collect()
+    };
+    let rate = |r: &ThroughputRun| r.backlog.rate();
+    let steady = |r: &ThroughputRun| r.backlog.steady();
+    let pair_ratios = |f: &dyn Fn(&ThroughputRun) -> f64| -> Vec<f64> {
+        runs.chunks(2).map(|p| f(&p[1]) / f(&p[0])).collect()
+    };
+    let mut scrapes = Scrapes::default();
+    for r in side(true) {
+        scrapes.add(r.scrapes.as_ref().expect("a scraped run"));
+    }
+    let per_run: Vec<f64> = side(true)
+        .iter()
+        .map(|r| r.scrapes.as_ref().map_or(0.0, |s| s.ok as f64))
+        .collect();
+
+    println!();
+    println!("============= sidecar bench: /metrics scraped vs not =============");
+    println!(
+        "N = {n} × {ITEM_BYTES} B, {PARTITIONS} partitions, {} interleaved pairs (unscraped, scraped), \
+         pipeline of pipelines/default.toml; scraped: GET /metrics every {} s from the logged endpoint \
+         to all N confirmed",
+        sizes.scrape_pairs,
+        SCRAPE_EVERY.as_secs()
+    );
+    for (name, f) in [
+        ("end-to-end", &rate as &dyn Fn(&ThroughputRun) -> f64),
+        ("steady", &steady),
+    ] {
+        let (un, sc) = (values(false, f), values(true, f));
+        println!(
+            "   {name:<10} unscraped {:>6.0} items/s (runs: {})   scraped {:>6.0} items/s (runs: {})",
+            median(&un),
+            list(&un, 0),
+            median(&sc),
+            list(&sc, 0)
+        );
+        let ratios = pair_ratios(f);
+        println!(
+            "   {name:<10} scraped / unscraped = {:.3} (medians); per pair: {} → median {:.3}",
+            median(&sc) / median(&un),
+            list(&ratios, 3),
+            median(&ratios)
+        );
+    }
+    let us = |scraped: bool| median(&values(scraped, &ThroughputRun::sidecar_us));
+    println!(
+        "   sidecar CPU (steady window): unscraped {:.1} µs/item, scraped {:.1} µs/item (medians)",
+        us(false),
+        us(true)
+    );
+    println!(
+        "   scraped runs: {} (per run: {})",
+        scrapes.line(),
+        list(&per_run, 0)
+    );
+    let other: Vec<f64> = runs.iter().map(|r| r.backlog.cpu.other / 100.0).collect();
+    println!(
+        "   other load in the steady windows (cores, in run order): {}",
+        list(&other, 2)
+    );
+    println!("{}", machine_line(&load_before, started));
+    println!("==================================================================");
 }
 
 fn main() {

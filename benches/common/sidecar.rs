@@ -665,6 +665,11 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The file `log` reads (for a thread that watches it).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn check_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("the sidecar exited ({status}); its log:\n{}", self.log());
