@@ -100,6 +100,9 @@ pub async fn dev(
         .await;
         stop.store(true, Ordering::SeqCst);
         let summary = sidecar.await??;
+        if summary.stalled {
+            anyhow::bail!("the pipeline stalled (the log says why)");
+        }
         let elapsed = outcome?;
         let persisted = count_rows(&engine).await?;
         println!(
@@ -114,6 +117,9 @@ pub async fn dev(
             "running; Ctrl-C stops (everything consumed is flushed, confirmed and committed first)"
         );
         let summary = sidecar.await??;
+        if summary.stalled {
+            anyhow::bail!("the pipeline stalled (the log says why)");
+        }
         println!(
             "stopped: {} written, {} to the DLQ, {} confirmations",
             summary.written, summary.dlq, summary.confirmations

@@ -154,16 +154,19 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(error = format!("{e:#}"), "sync-engine failed");
     }
     if let Some(provider) = traces {
-        // export what is still buffered
+        // export what is still buffered, also before a non-zero exit
         let _ = provider.shutdown();
     }
     match result {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
         Err(_) if json_logs => std::process::exit(1),
-        result => result,
+        Err(e) => Err(e),
     }
 }
 
-async fn dispatch(command: Command, log_writer: logs::LogWriter) -> anyhow::Result<()> {
+/// Runs the command; `Ok(code)` is the exit code (0: success).
+async fn dispatch(command: Command, log_writer: logs::LogWriter) -> anyhow::Result<i32> {
     match command {
         Command::Run { pipeline } => run(pipeline).await,
         Command::Dev {
@@ -171,20 +174,19 @@ async fn dispatch(command: Command, log_writer: logs::LogWriter) -> anyhow::Resu
             items,
             db,
             redis_url,
-        } => {
-            dev::dev(
-                dev::DevOptions {
-                    demo,
-                    items,
-                    db,
-                    redis_url,
-                },
-                stop_on_signal(),
-                log_writer,
-            )
-            .await
-        }
-        Command::Demo { config, db, items } => demo(config, db, items).await,
+        } => dev::dev(
+            dev::DevOptions {
+                demo,
+                items,
+                db,
+                redis_url,
+            },
+            stop_on_signal(),
+            log_writer,
+        )
+        .await
+        .map(|()| 0),
+        Command::Demo { config, db, items } => demo(config, db, items).await.map(|()| 0),
         Command::Verify {
             pipeline,
             repair,
@@ -219,26 +221,27 @@ async fn dispatch(command: Command, log_writer: logs::LogWriter) -> anyhow::Resu
                 topics,
                 max,
             };
-            ops::tail::tail(options, stop_on_signal()).await
+            ops::tail::tail(options, stop_on_signal()).await.map(|()| 0)
         }
     }
 }
 
-fn exit_with(code: i32) -> anyhow::Result<()> {
-    if code != 0 {
-        std::process::exit(code);
-    }
-    Ok(())
+/// The process's exit code, set once `main` has flushed what it must.
+fn exit_with(code: i32) -> anyhow::Result<i32> {
+    Ok(code)
 }
 
-async fn run(pipeline: PathBuf) -> anyhow::Result<()> {
+async fn run(pipeline: PathBuf) -> anyhow::Result<i32> {
     let config = PipelineConfig::load(&pipeline)?;
     let summary = sync_engine::sidecar::run(config, Some(pipeline), stop_on_signal()).await?;
+    if summary.stalled {
+        return Ok(sync_engine::sidecar::EXIT_STALLED);
+    }
     println!(
         "stopped cleanly: {} records written, {} to the DLQ, {} confirmations",
         summary.written, summary.dlq, summary.confirmations
     );
-    Ok(())
+    Ok(0)
 }
 
 /// A flag that SIGTERM or SIGINT sets.

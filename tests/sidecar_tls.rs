@@ -5,10 +5,9 @@
 //!
 //! And the refusals: a wrong CA, a wrong password, or a plaintext server where TLS is
 //! required makes the sidecar exit non-zero with an error naming the service, having consumed
-//! and committed nothing. Not here: a plaintext *Kafka* listener where TLS is required. tansu
-//! never answers a TLS ClientHello, so librdkafka sees a connection setup timeout "in state
-//! SSL_HANDSHAKE" after 30 s, which it cannot tell from a hung broker: it retries, and the
-//! sidecar stays unready (README, "TLS and authentication").
+//! and committed nothing. A plaintext Kafka listener never answers the TLS hello: librdkafka
+//! gives up on the handshake after `socket.connection.setup.timeout.ms` (30 s), and the
+//! sidecar, not yet in its group, ends the run then.
 
 mod common;
 #[path = "common/kafka.rs"]
@@ -267,6 +266,16 @@ async fn a_wrong_ca_password_or_plaintext_server_is_refused_naming_the_service()
             says: &["Kafka", "SSL"],
             extra: String::new(),
             env: [sql_env(good_sql.clone(), &secret.sql), kafka_ssl(&other_ca)].concat(),
+        },
+        Refusal {
+            name: "kafka-plaintext-broker",
+            says: &["Kafka", "SSL_HANDSHAKE", "plaintext listener"],
+            extra: String::new(),
+            env: [
+                good(),
+                vec![("SYNC_ENGINE__KAFKA__BROKERS", kafka::brokers())],
+            ]
+            .concat(),
         },
     ];
 

@@ -81,12 +81,15 @@ pub struct Summary {
     pub dlq: u64,
     pub confirmations: u64,
     pub checkpoints: u64,
+    /// The run ended stalled under `[stall] policy = "exit"`: the binary exits with
+    /// [`EXIT_STALLED`]. The engine was not shut down (its writer is still retrying).
+    pub stalled: bool,
 }
 
 /// Runs the sidecar until `stop` becomes true, then drains: everything consumed is made
 /// durable, confirmed and committed before it returns. With `file` (the pipeline file
 /// `config` was loaded from), its live settings follow the file ([`reload`]). A pipeline
-/// stalled under `[stall] policy = "exit"` ends the process here with [`EXIT_STALLED`] (the
+/// stalled under `[stall] policy = "exit"` returns at once with [`Summary::stalled`] (the
 /// engine cannot be shut down cleanly: its writer is retrying a batch that does not go through).
 pub async fn run(
     config: PipelineConfig,
@@ -136,7 +139,13 @@ pub async fn run(
             code = EXIT_STALLED,
             "exiting: the pipeline stalled; offsets are committed only up to what is durable"
         );
-        std::process::exit(EXIT_STALLED);
+        // no engine.shutdown(): its writer is retrying a batch that does not go through, and
+        // nothing it holds is committed; it ends with the process
+        let summary = pipeline.lock().expect("pipeline lock").summary;
+        return Ok(Summary {
+            stalled: true,
+            ..summary
+        });
     }
     engine.shutdown().await;
     let summary = pipeline.lock().expect("pipeline lock").summary;
@@ -294,6 +303,30 @@ struct Revocations {
 impl ClientContext for Revocations {
     fn stats(&self, statistics: Statistics) {
         self.lag.record(&statistics);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        // A TLS client at a plaintext listener: the broker waits for a request that never
+        // comes and librdkafka times the connection out in the TLS handshake, a failure it
+        // reports only here (as a log line) and retries forever. Before the first assignment
+        // that is a configuration to fix, not an outage to ride out.
+        if fac == "FAIL" && message.contains("in state SSL_HANDSHAKE") && !self.health.has_joined()
+        {
+            *self.refused.lock().expect("lock") = Some(format!(
+                "{message} (the TLS handshake never completed: is this a plaintext listener?)"
+            ));
+        }
+        match level {
+            Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            Level::Warning => warn!(target: "librdkafka", "librdkafka: {fac} {message}"),
+            Level::Notice | Level::Info => {
+                info!(target: "librdkafka", "librdkafka: {fac} {message}")
+            }
+            Level::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {message}"),
+        }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
