@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
@@ -98,6 +99,9 @@ pub struct SqlTier {
     pub(super) merkle: bool,
 }
 
+/// How long a connection to MySQL may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl SqlTier {
     /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) and applies migrations.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -113,9 +117,25 @@ impl SqlTier {
             if let Some(password) = password {
                 options = options.password(password);
             }
+            // One connection of its own first: the pool retries a refused connection until
+            // its acquire timeout and then reports only "pool timed out"; this says why
+            // (refused, unknown host, TLS, access denied) at once.
+            match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+                Ok(Ok(connection)) => {
+                    let _ = sqlx::Connection::close(connection).await;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    return Err(SyncError::Unavailable(format!(
+                        "SQL ({}) did not answer within {} s",
+                        crate::config::redacted(&url),
+                        CONNECT_TIMEOUT.as_secs()
+                    )))
+                }
+            }
             let pool = MySqlPoolOptions::new()
                 .max_connections(8)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(CONNECT_TIMEOUT)
                 .connect_with(options)
                 .await?;
             migrate_mysql(&pool).await?;
