@@ -19,9 +19,14 @@ import tempfile
 import unittest
 from pathlib import Path
 
-import kubernetes_validate
-import yaml
-from helm_python import Chart, _native, lint
+try:
+    import kubernetes_validate
+    import yaml
+    from helm_python import Chart, _native, lint
+except ImportError as missing:
+    sys.exit(f"{missing}: this test needs PyPI helm-python-sdk and kubernetes-validate; scripts/test installs "
+             "them into its tools venv (scripts/services.sh ensure_helm_tools) and names its Python in "
+             "SYNC_ENGINE_TEST_PYTHON")
 
 HELM = Path(__file__).resolve().parent.parent
 CHART = HELM / "sync-engine"
@@ -300,6 +305,8 @@ class Standalone(unittest.TestCase):
                       if v["name"] == "sync-engine-secrets")
         self.assertEqual(volume["projected"]["sources"],
                          [{"configMap": {"name": "internal-ca", "items": [{"key": "ca.crt", "path": "ca.pem"}]}}])
+        both = {"secrets": {"caBundle": {"secretName": "a", "configMapName": "b", "key": "ca.crt"}}}
+        self.assertIn("not both", render_fails(CHART, both))
 
     def test_a_pipeline_with_a_password_is_refused(self):
         for pipeline in (
@@ -438,6 +445,24 @@ class Sidecar(unittest.TestCase):
         for c in spec["containers"]:
             for m in c.get("volumeMounts", []):
                 self.assertNotIn("subPath", m)
+
+    def test_the_example_is_scraped_through_the_charts_service_or_pod_monitor(self):
+        objects = render(_example_dir, {"sync-engine": {"metrics": {"serviceMonitor": {"enabled": True}}}})
+        self.assertEqual(kinds(objects), ["ConfigMap", "Deployment", "Service", "Service", "ServiceMonitor"])
+        app = next(o for o in objects if o["kind"] == "Deployment")
+        pod_labels = app["spec"]["template"]["metadata"]["labels"]
+        metrics = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == f"{FULLNAME}-metrics")
+        self.assertTrue(set(metrics["spec"]["selector"].items()) <= set(pod_labels.items()))
+        self.assertEqual(metrics["spec"]["ports"][0]["targetPort"],
+                         container(pod_spec(app), init=True)["ports"][0]["containerPort"])
+        monitor = only(render(_example_dir, {"sync-engine": {"metrics": {"podMonitor": {"enabled": True}}}}), "PodMonitor")
+        self.assertTrue(set(monitor["spec"]["selector"]["matchLabels"].items()) <= set(pod_labels.items()))
+
+    def test_the_example_can_leave_readiness_to_the_application(self):
+        values = {"sync-engine": {"readinessProbe": {"enabled": False}}}
+        se = container(pod_spec(only(render(_example_dir, values), "Deployment")), init=True)
+        self.assertNotIn("readinessProbe", se)
+        self.assertEqual(se["livenessProbe"]["httpGet"]["path"], "/healthz")
 
     def test_the_example_refuses_more_replicas_than_partitions(self):
         self.assertIn("replicas (8) > partitions (6)", render_fails(_example_dir, {"replicas": 8}))
