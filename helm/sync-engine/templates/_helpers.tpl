@@ -59,9 +59,9 @@ In sidecar mode the application adds them to its pod template:
   annotations: {{- include "sync-engine.podAnnotations" $se | nindent 8 }}
 */}}
 {{- define "sync-engine.podAnnotations" -}}
-{{- if .Values.rollOnConfigChange }}
+{{- if .Values.rollOnConfigChange -}}
 checksum/sync-engine-pipeline: {{ include "sync-engine.pipeline" . | sha256sum }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "sync-engine.image" -}}
