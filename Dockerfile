@@ -46,6 +46,8 @@ COPY pipelines/default.toml /etc/sync-engine/pipeline.toml
 # `run` writes no file, so a read-only root filesystem works (`dev` and `demo` write SQLite
 # files into the working directory: give them a --db under a writable /tmp).
 USER 65532:65532
+# logs go to a collector, not a terminal: no ANSI colour codes in them (`-e NO_COLOR=` for colour)
+ENV NO_COLOR=1
 # /healthz, /readyz, /metrics ([http] listen, default 0.0.0.0:9464)
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/sync-engine"]
