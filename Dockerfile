@@ -58,10 +58,11 @@ ARG PREBUILT=target/release/sync-engine
 COPY ${PREBUILT} /usr/local/bin/sync-engine
 
 FROM ${RUST_IMAGE} AS builder
-# librdkafka is compiled from source (configure + make) against the system OpenSSL; the
-# full rust:*-bookworm images have all of these already, the slim ones do not.
+# librdkafka is compiled from source (configure + make) against the system OpenSSL, and its
+# configure script fails without a C++ compiler; the full rust:*-bookworm images have all of
+# these already, the slim ones do not.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config libssl-dev binutils \
+ && apt-get install -y --no-install-recommends gcc g++ libc6-dev make pkg-config libssl-dev binutils \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 # Dependencies first, on a stub crate with the real manifest: this layer (librdkafka, sqlx, …,
