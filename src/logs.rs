@@ -75,13 +75,12 @@ pub fn init(format: LogFormat) -> anyhow::Result<(Option<SdkTracerProvider>, Log
             tracing_subscriber::EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }));
-    let text = (format == LogFormat::Text)
-        .then(|| {
-            // colours only for a terminal: a file or a log shipper gets plain text
-            tracing_subscriber::fmt::layer()
-                .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-                .with_writer(writer.clone())
-        });
+    let text = (format == LogFormat::Text).then(|| {
+        // colours only for a terminal: a file or a log shipper gets plain text
+        tracing_subscriber::fmt::layer()
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .with_writer(writer.clone())
+    });
     let json = (format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
