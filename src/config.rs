@@ -242,6 +242,11 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Tests that set `SYNC_ENGINE__*` variables, or load configuration (which reads them), hold
+/// this: the environment is one per process, and tests run on parallel threads.
+#[cfg(test)]
+pub(crate) static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +271,7 @@ mod tests {
 
     #[test]
     fn file_then_environment() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.toml");
         std::fs::write(
@@ -356,6 +362,7 @@ mod tests {
 
     #[test]
     fn shipped_pipeline_files_load() {
+        let _env = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines");
         let mut loaded = 0;
         for entry in std::fs::read_dir(dir).unwrap() {

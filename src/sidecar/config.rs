@@ -269,6 +269,9 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<PipelineConfig> {
+        let _env = crate::config::ENV_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pipeline.toml");
         std::fs::write(&file, text).unwrap();
