@@ -16,10 +16,9 @@ mod merkle_ref;
 mod stores;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::http_get as get;
 use common::Backend;
 use fault::{Mode, Proxy};
 use kafka::{confirmed, log_ends, put, Feed, Pipeline, Rec, Sidecar};
@@ -44,24 +43,6 @@ fn endpoint(sidecar: &mut Sidecar) -> String {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `GET path` over HTTP/1.0: (status, body).
-fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    (status, body.to_string())
 }
 
 /// Prometheus text: the sum of every sample of `name` whose labels contain all of `labels`.

@@ -270,3 +270,25 @@ pub fn promtool(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     drop(input);
     child.wait_with_output().unwrap()
 }
+
+/// One HTTP/1.0 GET (the sidecar's endpoint): (status, body); status 0 when nothing answers
+/// (yet).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}

@@ -221,40 +221,7 @@ pub fn mariadb(certs: &Certs, password: &str) -> Service {
 /// A tansu broker reachable only through TLS: tansu listens on a private plaintext port and
 /// advertises the TLS port, on which socat terminates TLS with the server certificate.
 pub fn kafka(certs: &Certs) -> Service {
-    let tansu = std::env::var("SYNC_ENGINE_TEST_TANSU")
-        .expect("SYNC_ENGINE_TEST_TANSU is not set: run the suite with scripts/test");
-    let (plain, port) = (free_port(), free_port());
-    let log = certs.dir.join(format!("tansu-{port}.log"));
-    let mut child = spawn(
-        Command::new(tansu)
-            .arg("broker")
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"]),
-        &log,
-    );
-    wait_listening(plain, "tansu", &mut child, &log);
-    let socat_log = certs.dir.join(format!("socat-{port}.log"));
-    let mut socat = spawn(
-        Command::new("socat")
-            .arg(format!(
-                "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
-                certs.path("server.pem"),
-                certs.path("server.key")
-            ))
-            .arg(format!("TCP:127.0.0.1:{plain}")),
-        &socat_log,
-    );
-    wait_listening(port, "socat TLS terminator", &mut socat, &socat_log);
-    Service {
-        port,
-        child,
-        log,
-        extra: vec![socat],
-    }
+    tansu_behind_tls(certs, false)
 }
 
 /// A tansu broker that requires SASL (`--authentication`) and has no users, behind socat's
@@ -263,22 +230,28 @@ pub fn kafka(certs: &Certs) -> Service {
 /// memory, so no user survives the restart a working login would need: a SASL round trip
 /// cannot be tested here, the client's side of the exchange can.)
 pub fn sasl_kafka(certs: &Certs) -> Service {
+    tansu_behind_tls(certs, true)
+}
+
+fn tansu_behind_tls(certs: &Certs, authentication: bool) -> Service {
     let tansu = std::env::var("SYNC_ENGINE_TEST_TANSU")
         .expect("SYNC_ENGINE_TEST_TANSU is not set: run the suite with scripts/test");
     let (plain, port) = (free_port(), free_port());
     let log = certs.dir.join(format!("tansu-{port}.log"));
-    let mut child = spawn(
-        Command::new(tansu)
-            .arg("broker")
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{port}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/", "--authentication"]),
-        &log,
-    );
-    wait_listening(plain, "tansu --authentication", &mut child, &log);
+    let mut broker = Command::new(tansu);
+    broker
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{port}"),
+        ])
+        .args(["--storage-engine", "memory://tansu/"]);
+    if authentication {
+        broker.arg("--authentication");
+    }
+    let mut child = spawn(&mut broker, &log);
+    wait_listening(plain, "tansu", &mut child, &log);
     let socat_log = certs.dir.join(format!("socat-{port}.log"));
     let mut socat = spawn(
         Command::new("socat")
