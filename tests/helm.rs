@@ -5,54 +5,14 @@
 //! PyPI `helm-python-sdk` and `kubernetes-validate`, which scripts/test installs into its venv and
 //! names in `SYNC_ENGINE_TEST_PYTHON`. Without them these tests fail, they do not skip.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "common/deploy.rs"]
+mod deploy;
 
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(path)
-        .display()
-        .to_string()
-}
-
-/// scripts/test's venv Python (`SYNC_ENGINE_TEST_PYTHON`), or the venv's default place when the
-/// test runs by itself after scripts/test has set it up once.
-fn python() -> String {
-    if let Ok(python) = std::env::var("SYNC_ENGINE_TEST_PYTHON") {
-        return python;
-    }
-    let venv = std::env::var("SYNC_ENGINE_VENV")
-        .unwrap_or_else(|_| "/var/tmp/sync-engine-tools/venv".to_string());
-    let python = format!("{venv}/bin/python");
-    assert!(
-        Path::new(&python).exists(),
-        "SYNC_ENGINE_TEST_PYTHON is not set and there is no {python}: run the suite with scripts/test \
-         (it installs helm-python-sdk and kubernetes-validate into its venv and sets it)"
-    );
-    python
-}
+use deploy::repo;
 
 #[test]
 fn the_chart_renders_lints_validates_and_does_what_its_values_say() {
-    let python = python();
-    let script = repo("helm/tests/test_chart.py");
-    let ran = Command::new(&python)
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("{python} cannot run ({e}): run the suite with scripts/test"));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&ran.stdout),
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    assert!(
-        ran.status.success(),
-        "{script} failed ({}); its report:\n{said}",
-        ran.status
-    );
-    // unittest's closing line: every case ran and passed, none was skipped
-    assert!(said.lines().any(|line| line == "OK"), "{said}");
-    println!("{said}");
+    deploy::python_unittest("helm/tests/test_chart.py");
 }
 
 /// A chart reads only files inside its own directory, so the PrometheusRule is built from a copy

@@ -11,21 +11,22 @@
 //! silently skipped test would look like a pass.
 
 mod common;
+#[path = "common/deploy.rs"]
+mod deploy;
 #[path = "common/kafka.rs"]
 mod kafka;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http_get as get;
 use common::Backend;
+use deploy::{free_port, run};
 use kafka::{confirmed, delete, put, Pipeline, Rec};
 use serde_json::Value;
 
-const IMAGE_ENV: &str = "SYNC_ENGINE_TEST_IMAGE";
 const TAG: &str = "localhost/sync-engine:test";
 
 #[test]
@@ -46,7 +47,9 @@ fn dockerfile_is_the_containerfile() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_image_runs_the_sidecar() {
-    let Some(engine) = build_image() else { return };
+    let Some(engine) = deploy::build_image(TAG) else {
+        return;
+    };
 
     // `--help` through the image's entry point
     let help = run(&engine, &["run", "--rm", TAG, "--help"]);
@@ -230,48 +233,6 @@ async fn the_image_runs_the_sidecar() {
     );
 }
 
-/// Builds TAG with scripts/build-image from this test's binary, and names the engine to run
-/// it with; None when SYNC_ENGINE_TEST_IMAGE=0.
-fn build_image() -> Option<String> {
-    match std::env::var(IMAGE_ENV).as_deref() {
-        Ok("1") => {}
-        Ok("0") => {
-            eprintln!("SKIPPED: {IMAGE_ENV}=0, the image is neither built nor run");
-            return None;
-        }
-        other => {
-            panic!("{IMAGE_ENV} is {other:?}: run with scripts/test (it sets 1), or set 0 to skip")
-        }
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-image");
-    let started = Instant::now();
-    let status = Command::new("bash")
-        .arg(&script)
-        .args(["--binary", env!("CARGO_BIN_EXE_sync-engine"), "--tag", TAG])
-        .status()
-        .expect("run scripts/build-image");
-    assert!(status.success(), "scripts/build-image failed: {status}");
-    eprintln!("scripts/build-image took {:.0?}", started.elapsed());
-    // the engine the script used: the same choice, made after it installed one if none was there
-    let engine = std::env::var("SYNC_ENGINE_CONTAINER_ENGINE").unwrap_or_else(|_| {
-        let podman = Command::new("podman").arg("--version").output();
-        if podman.is_ok_and(|o| o.status.success()) {
-            "podman"
-        } else {
-            "docker"
-        }
-        .into()
-    });
-    Some(engine)
-}
-
-fn run(engine: &str, args: &[&str]) -> Output {
-    Command::new(engine)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{engine} {args:?}: {e}"))
-}
-
 /// A detached container, removed on drop.
 struct Container {
     engine: String,
@@ -317,11 +278,4 @@ impl Drop for Container {
             .args(["rm", "-f", &self.name])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }

@@ -102,6 +102,15 @@ pub struct SqlTier {
 /// How long a connection to MySQL may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `mariadb://…` as sqlx's `mysql://…`: the scheme only, since a host may be called `mariadb`
+/// (docker-compose.yml's is).
+fn mysql_scheme(url: &str) -> std::borrow::Cow<'_, str> {
+    match url.strip_prefix("mariadb:") {
+        Some(rest) => format!("mysql:{rest}").into(),
+        None => url.into(),
+    }
+}
+
 impl SqlTier {
     /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) and applies migrations.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -112,8 +121,7 @@ impl SqlTier {
     /// set in the URL (`ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`: sqlx's names).
     pub async fn connect_with_password(url: &str, password: Option<&str>) -> Result<Self> {
         let tier = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-            let url = url.replacen("mariadb:", "mysql:", 1);
-            let mut options = MySqlConnectOptions::from_str(&url)?;
+            let mut options = MySqlConnectOptions::from_str(&mysql_scheme(url))?;
             if let Some(password) = password {
                 options = options.password(password);
             }
@@ -128,7 +136,7 @@ impl SqlTier {
                 Err(_) => {
                     return Err(SyncError::Unavailable(format!(
                         "SQL ({}) did not answer within {} s",
-                        crate::config::redacted(&url),
+                        crate::config::redacted(url),
                         CONNECT_TIMEOUT.as_secs()
                     )))
                 }
@@ -699,5 +707,27 @@ impl DurableTier for SqlTier {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mysql_scheme;
+
+    #[test]
+    fn only_the_scheme_of_a_mariadb_url_is_rewritten() {
+        assert_eq!(
+            mysql_scheme("mariadb://sync:sync@db:3306/sync"),
+            "mysql://sync:sync@db:3306/sync"
+        );
+        // a host called `mariadb` (docker-compose.yml's) was once rewritten to `mysql`
+        assert_eq!(
+            mysql_scheme("mysql://sync:sync@mariadb:3306/sync"),
+            "mysql://sync:sync@mariadb:3306/sync"
+        );
+        assert_eq!(
+            mysql_scheme("mariadb://u:p@mariadb:3306/mariadb"),
+            "mysql://u:p@mariadb:3306/mariadb"
+        );
     }
 }
