@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Container images on a machine that reaches no registry: sourced by scripts/build-image (the
-# sync-engine image) and scripts/stand-in-images (MariaDB, Redis Stack, a Kafka-protocol broker
+# sync-engine image) and scripts/stand-in-images (MariaDB, Redis, Redis Stack, a Kafka-protocol broker
 # and Prometheus for docker-compose.local.yml and the testcontainers path). Needs scripts/services.sh
 # sourced first (as_root, apt_install, SYNC_ENGINE_TOOLS_DIR), and `log`/`die`.
 #

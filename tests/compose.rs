@@ -22,7 +22,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::http_get as get;
-use deploy::{free_port, repo, run, said};
+use deploy::{free_port, run, said};
 use serde_json::Value;
 use sqlx::Connection;
 
@@ -40,12 +40,7 @@ async fn the_stack_confirms_what_the_readme_produces() {
     let Some(engine) = deploy::build_image(TAG) else {
         return;
     };
-    let stand_ins = run("bash", &[&repo("scripts/stand-in-images")]);
-    assert!(
-        stand_ins.status.success(),
-        "scripts/stand-in-images: {}",
-        said(&stand_ins)
-    );
+    deploy::build_stand_ins();
     let stack = Stack::up(&engine);
 
     // ready: joined its group, with SQL and Redis connected

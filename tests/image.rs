@@ -171,15 +171,7 @@ async fn the_image_runs_the_sidecar() {
         })
         .collect();
     expected_rows.insert(b"blob".to_vec(), vec![0, 159, 146, 150]);
-    let rows: BTreeMap<Vec<u8>, Vec<u8>> = p
-        .sql
-        .raw()
-        .await
-        .contents()
-        .await
-        .into_iter()
-        .map(|(id, (payload, _))| (id, payload))
-        .collect();
+    let rows = p.sql.raw().await.payloads().await;
     assert_eq!(rows, expected_rows, "sync_items after the run");
     let mut redis = redis::Client::open(redis_url)
         .unwrap()

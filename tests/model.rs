@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Connection;
 use sync_engine::{ContentType, SubmitOptions, SyncEngine, SyncEngineConfig, SyncItem};
 
-use common::{Backend, RawRow, MYSQL_ENV};
+use common::{Backend, RawRow};
 
 // ---------------------------------------------------------------------------------------------
 // Operations and their generators
@@ -773,9 +773,10 @@ enum Kind {
 
 /// Drops the per-case MariaDB database (cases and shrink steps each create one).
 async fn drop_database(backend: &Backend) {
-    let (Ok(base), Some((_, db))) = (std::env::var(MYSQL_ENV), backend.url.rsplit_once('/')) else {
+    let Some((_, db)) = backend.url.rsplit_once('/') else {
         return;
     };
+    let base = common::mysql_url();
     if let Ok(mut conn) = sqlx::MySqlConnection::connect(&base).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{db}`"))
             .execute(&mut conn)
@@ -850,9 +851,6 @@ fn model_sqlite() {
 #[test]
 fn model_mariadb() {
     // fail once, clearly, rather than in every case and shrink step
-    assert!(
-        std::env::var(MYSQL_ENV).is_ok(),
-        "{MYSQL_ENV} is not set: run the suite with scripts/test (it starts MariaDB)"
-    );
+    common::mysql_url();
     run_model(Kind::MariaDb, 32);
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use sync_engine::search::{Query, SearchIndex};
 use sync_engine::{SearchTier, SyncEngineConfig, SyncError, SyncItem};
 
-const STACK_ENV: &str = "SYNC_ENGINE_TEST_REDIS_STACK_URL";
+use common::redis::STACK_ENV;
 
 /// Values that mean something to RediSearch or SQL, stored as plain data.
 const HOSTILE: [&str; 8] = [
@@ -98,8 +98,7 @@ fn queries() -> Vec<Query> {
 }
 
 async fn executors_agree(sql: Backend) {
-    let redis_url =
-        std::env::var(STACK_ENV).expect("run with scripts/test (it starts Redis Stack)");
+    let redis_url = common::redis::url(STACK_ENV);
     let prefix = format!("search{}:{}:", std::process::id(), sql.name);
     let engine = sql
         .engine_with(SyncEngineConfig {

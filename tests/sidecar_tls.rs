@@ -178,8 +178,8 @@ async fn a_wrong_ca_password_or_plaintext_server_is_refused_naming_the_service()
     let wrong = certs.dir.join("wrong-password");
     std::fs::write(&wrong, "not-it").unwrap();
     let wrong = wrong.display().to_string();
-    let plain_mariadb = std::env::var(common::MYSQL_ENV).unwrap();
-    let plain_redis = std::env::var("SYNC_ENGINE_TEST_REDIS_URL").unwrap();
+    let plain_mariadb = common::mysql_url();
+    let plain_redis = common::redis::url(common::redis::PLAIN_ENV);
     let tls_redis = format!("rediss://127.0.0.1:{}", redis.port);
     let good_sql = sql_url(mariadb.port, &ca);
     let kafka_ssl = |ca: &str| {

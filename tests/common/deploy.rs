@@ -55,6 +55,17 @@ pub fn build_image(tag: &str) -> Option<String> {
     Some(engine())
 }
 
+/// The stand-in service images (`scripts/stand-in-images`), built unless their recipes are
+/// unchanged since the last build.
+pub fn build_stand_ins() {
+    let built = run("bash", &[&repo("scripts/stand-in-images")]);
+    assert!(
+        built.status.success(),
+        "scripts/stand-in-images: {}",
+        said(&built)
+    );
+}
+
 /// The engine scripts/build-image uses: the same choice, made after it installed one if none
 /// was there.
 pub fn engine() -> String {

@@ -29,10 +29,9 @@ pub const KAFKA_ENV: &str = "SYNC_ENGINE_TEST_KAFKA_BROKERS";
 /// watermarks cannot be trusted); readers never return them.
 const END_MARKER: &[u8] = b"__test_end_marker__";
 
+/// `SYNC_ENGINE_TEST_KAFKA_BROKERS`, or without it a container's (`common::containers`).
 pub fn brokers() -> String {
-    std::env::var(KAFKA_ENV).unwrap_or_else(|_| {
-        panic!("{KAFKA_ENV} is not set: run the suite with scripts/test (it starts a broker)")
-    })
+    crate::common::containers::url_or_container(KAFKA_ENV, |s| &s.kafka_brokers)
 }
 
 /// Topics, a group and an SQL database of one test's own; any number of sidecar processes

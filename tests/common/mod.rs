@@ -1,12 +1,14 @@
 //! Shared by the integration tests: the backends every scenario runs on.
 //!
-//! MariaDB comes from `SYNC_ENGINE_TEST_MYSQL_URL` (set by `scripts/test`); each engine gets
-//! a database of its own on that server, so tests never see each other's rows. A missing
-//! variable fails the test: a skipped backend would look like a pass. The Redis servers are in
+//! MariaDB comes from `SYNC_ENGINE_TEST_MYSQL_URL` (set by `scripts/test`), or without it from a
+//! container (`common::containers`, where a Docker API answers); each engine gets a database of
+//! its own on that server, so tests never see each other's rows. Neither fails the test: a
+//! skipped backend would look like a pass. The Redis servers are in
 //! `common::redis`; Kafka (kafka.rs) and the reference Merkle implementation (merkle_ref.rs)
 //! are declared by the test binaries that use them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod containers;
 pub mod redis;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +18,12 @@ use sync_engine::{SyncEngine, SyncEngineConfig};
 use tokio::sync::watch;
 
 pub const MYSQL_ENV: &str = "SYNC_ENGINE_TEST_MYSQL_URL";
+
+/// The test MariaDB server's URL (its database is the prefix of the tests' own databases):
+/// `SYNC_ENGINE_TEST_MYSQL_URL`, or a container's.
+pub fn mysql_url() -> String {
+    containers::url_or_container(MYSQL_ENV, |s| &s.mysql_url)
+}
 
 /// A database an engine can be (re)started on.
 pub struct Backend {
@@ -47,9 +55,7 @@ impl Backend {
     /// A fresh, empty database on the test MariaDB server, named after the run's database.
     pub async fn mariadb() -> Backend {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var(MYSQL_ENV).unwrap_or_else(|_| {
-            panic!("{MYSQL_ENV} is not set: run the suite with scripts/test (it starts MariaDB)")
-        });
+        let base = mysql_url();
         let (server, base_db) = base.rsplit_once('/').expect("url ends in /database");
         // scripts/test drops `<its database>_*` when the run ends
         let db = format!(
@@ -150,6 +156,15 @@ macro_rules! on_raw {
 }
 
 impl Raw {
+    /// Every live row's payload, by id.
+    pub async fn payloads(&mut self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        self.contents()
+            .await
+            .into_iter()
+            .map(|(id, (payload, _))| (id, payload))
+            .collect()
+    }
+
     /// Every live row's payload and version, by id.
     pub async fn contents(&mut self) -> std::collections::BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
         self.rows()

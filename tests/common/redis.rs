@@ -12,11 +12,15 @@ pub const PLAIN_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
 /// Redis Stack (RedisJSON + RediSearch).
 pub const STACK_ENV: &str = "SYNC_ENGINE_TEST_REDIS_STACK_URL";
 
-/// The URL of the server `var` names (`PLAIN_ENV` or `STACK_ENV`); a missing variable fails
-/// the test.
+/// The URL of the server `var` names (`PLAIN_ENV` or `STACK_ENV`); without the variable, a
+/// container's (`common::containers`), or the test fails.
 pub fn url(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the suite with scripts/test (it starts Redis)")
+    super::containers::url_or_container(var, |s| {
+        if var == STACK_ENV {
+            &s.redis_stack_url
+        } else {
+            &s.redis_url
+        }
     })
 }
 
