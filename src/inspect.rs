@@ -21,8 +21,8 @@ use crate::error::{Result, SyncError};
 use crate::item::{content_hash, ContentType, SyncItem};
 use crate::tier::is_partition;
 use crate::tier::redis::RedisTier;
+use crate::tier::sql::lookup::Lookup;
 use crate::tier::sql::SqlTier;
-use crate::tier::sql_lookup::Lookup;
 use crate::verify::Tier;
 
 /// Characters of JSON text, and bytes of a binary payload, a preview shows.

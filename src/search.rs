@@ -313,80 +313,6 @@ impl Query {
             clause
         }
     }
-
-    /// An SQL condition selecting a superset of the matches, with its parameters.
-    pub(crate) fn sql_filter(&self, sqlite: bool) -> (String, Vec<SqlBind>) {
-        let typed = |field: &str, types: &str| {
-            let sql = if sqlite {
-                format!("json_type(payload, ?) IN ({})", types.to_lowercase())
-            } else {
-                format!("JSON_TYPE(JSON_EXTRACT(payload, ?)) IN ({types})")
-            };
-            (sql, vec![SqlBind::Text(format!("$.{field}"))])
-        };
-        match self {
-            Query::Eq { field, .. } | Query::Text { field, .. } => {
-                typed(field, if sqlite { "'text'" } else { "'STRING'" })
-            }
-            Query::Range { field, min, max } => {
-                let (mut sql, mut binds) = typed(
-                    field,
-                    if sqlite {
-                        "'integer','real'"
-                    } else {
-                        "'INTEGER','DOUBLE'"
-                    },
-                );
-                let value = if sqlite {
-                    "json_extract(payload, ?)"
-                } else {
-                    "(JSON_EXTRACT(payload, ?) + 0)"
-                };
-                for (bound, op) in [(min, ">="), (max, "<=")] {
-                    if let Some(b) = bound {
-                        sql.push_str(&format!(" AND {value} {op} ?"));
-                        binds.extend([SqlBind::Text(format!("$.{field}")), SqlBind::Number(*b)]);
-                    }
-                }
-                (sql, binds)
-            }
-            Query::State(state) => (
-                "state = ?".into(),
-                vec![SqlBind::Bytes(state.as_bytes().to_vec())],
-            ),
-            Query::IdPrefix(prefix) => {
-                let mut binds = vec![SqlBind::Bytes(prefix.as_bytes().to_vec())];
-                match crate::tier::prefix_upper_bound(prefix.as_bytes()) {
-                    Some(end) => {
-                        binds.push(SqlBind::Bytes(end));
-                        ("id >= ? AND id < ?".into(), binds)
-                    }
-                    None => ("id >= ?".into(), binds),
-                }
-            }
-            Query::And(parts) => {
-                let (sqls, binds): (Vec<String>, Vec<Vec<SqlBind>>) = parts
-                    .iter()
-                    .map(|p| p.sql_filter(sqlite))
-                    .map(|(s, b)| (format!("({s})"), b))
-                    .unzip();
-                let sql = if sqls.is_empty() {
-                    "1 = 1".to_string()
-                } else {
-                    sqls.join(" AND ")
-                };
-                (sql, binds.into_iter().flatten().collect())
-            }
-        }
-    }
-}
-
-/// A parameter of [`Query::sql_filter`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum SqlBind {
-    Bytes(Vec<u8>),
-    Text(String),
-    Number(f64),
 }
 
 /// Tag values RediSearch can match exactly: it trims them and splits on the separator.
@@ -449,15 +375,13 @@ mod tests {
     }
 
     #[test]
-    fn hostile_values_are_escaped_or_bound() {
+    fn hostile_values_are_escaped_for_redisearch() {
         let q = Query::field_eq("role", "x}) | @name:(*) ' OR 1=1 --");
         assert_eq!(
             q.redisearch(),
             r"@f_role:{x\}\)\ \|\ \@name\:\(\*\)\ \'\ OR\ 1\=1\ \-\-}"
         );
-        let (sql, binds) = q.sql_filter(false);
-        assert!(!sql.contains("OR 1"));
-        assert_eq!(binds, vec![SqlBind::Text("$.role".into())]);
+        // (the SQL side binds it: tier::sql::dialect's tests)
     }
 
     #[test]

@@ -23,8 +23,6 @@ use crate::merkle::{Delta, PartitionDigest};
 pub mod memory;
 pub mod redis;
 pub mod sql;
-pub mod sql_lookup;
-mod sql_write;
 
 /// One write of a batch. A batch holds at most one op per id.
 #[derive(Debug, Clone)]

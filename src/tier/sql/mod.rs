@@ -1,115 +1,44 @@
-//! L3 on MySQL/MariaDB or SQLite through sqlx. Both backends run the same statements where
-//! the dialects agree; `Dialect` holds the few places they do not (upserts, row locks,
-//! timestamps). The DDL lives in `schemas/sql/<backend>/` and is applied as migrations.
+//! L3 on MySQL/MariaDB or SQLite through sqlx: the one home of SQL. Both backends run the same
+//! statements where the dialects agree; the DDL lives in `schemas/sql/<backend>/` and is
+//! applied as migrations.
+//!
+//! | file         | holds                                                                  |
+//! |--------------|------------------------------------------------------------------------|
+//! | `mod.rs`     | [`SqlTier`]'s [`DurableTier`] implementation: reads, ranges, states,   |
+//! |              | search candidates, Merkle digests, repair marks                        |
+//! | `conn.rs`    | opening it: the pool, the first connection, migrations                 |
+//! | `write.rs`   | the batch transaction (the numbered steps every batch goes through)    |
+//! | `dialect.rs` | every SQL text built from parts or different per backend, and search's |
+//! |              | query as an SQL filter                                                 |
+//! | `rows.rs`    | the pool of either backend, the item columns and their decoding       |
+//! | `lookup.rs`  | what SQL holds for one id, for `sync-engine inspect`                   |
+//!
+//! Imports go one way: `mod.rs` → `write.rs` → `conn.rs`/`dialect.rs`/`rows.rs`; nothing
+//! below imports `mod.rs` except for the [`SqlTier`] type that `conn.rs` defines.
 
-use std::str::FromStr;
-use std::time::Duration;
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::sqlite::SqliteSynchronous;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::ConnectOptions;
 use sqlx::Row;
 
-use super::sql_write::{record_source_sql, store_delta};
+use self::dialect::{
+    marks, record_source_sql, search_filter, upsert_buckets_sql, Dialect, SqlBind,
+    IDS_PER_STATEMENT, ROWS_PER_STATEMENT,
+};
+use self::rows::{item_from_row, on_pool, ITEM_COLUMNS};
+use self::write::store_delta;
 use super::{prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed, RepairMark};
-use crate::error::{Result, SyncError};
-use crate::item::{content_hash, ContentType, SyncItem, LOCAL_SOURCE};
+use crate::error::Result;
+use crate::item::{content_hash, SyncItem, LOCAL_SOURCE};
 use crate::merkle::{decode_hash, Bucket, Delta, PartitionDigest};
 
-pub(super) enum Pool {
-    MySql(MySqlPool),
-    Sqlite(SqlitePool),
-}
+mod conn;
+mod dialect;
+pub mod lookup;
+mod rows;
+mod write;
 
-/// Runs `$body` with `$pool` bound to whichever backend this tier uses.
-macro_rules! on_pool {
-    ($tier:expr, $pool:ident => $body:expr) => {
-        match &$tier.pool {
-            crate::tier::sql::Pool::MySql($pool) => $body,
-            crate::tier::sql::Pool::Sqlite($pool) => $body,
-        }
-    };
-}
-pub(super) use on_pool;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Dialect {
-    MySql,
-    Sqlite,
-}
-
-impl Dialect {
-    /// Locks the rows a batch reads so no other writer slips in before it writes.
-    pub(super) fn lock_clause(self) -> &'static str {
-        match self {
-            Dialect::MySql => " FOR UPDATE",
-            // SQLite has one writer at a time; the version guard in the upsert covers the rest.
-            Dialect::Sqlite => "",
-        }
-    }
-
-    pub(super) fn now(self) -> &'static str {
-        match self {
-            Dialect::MySql => "CURRENT_TIMESTAMP(6)",
-            Dialect::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-        }
-    }
-
-    /// Keeps the higher version when a tombstone already exists.
-    fn tombstone_conflict(self) -> &'static str {
-        match self {
-            Dialect::MySql => {
-                " ON DUPLICATE KEY UPDATE version = GREATEST(sync_tombstones.version, VALUES(version))"
-            }
-            Dialect::Sqlite => {
-                " ON CONFLICT(id) DO UPDATE SET version = max(sync_tombstones.version, excluded.version)"
-            }
-        }
-    }
-}
-
-pub(super) const ITEM_COLUMNS: &str =
-    "id, payload, payload_blob, content_hash, state, version, redis_ttl_ms, source";
-
-/// Decodes a row selected with [`ITEM_COLUMNS`] (a macro: rows of both backends).
-macro_rules! item_from_row {
-    ($row:expr) => {
-        crate::tier::sql::decode_item(
-            $row.try_get(0)?,
-            $row.try_get(1)?,
-            $row.try_get(2)?,
-            $row.try_get(3)?,
-            $row.try_get(4)?,
-            $row.try_get(5)?,
-            $row.try_get(6)?,
-        )
-        .and_then(|item| crate::tier::sql::with_stored_source(item, $row.try_get(7)?))
-    };
-}
-pub(super) use item_from_row;
-
-pub struct SqlTier {
-    pub(super) pool: Pool,
-    pub(super) dialect: Dialect,
-    /// Bytes one statement may carry (MySQL: below `max_allowed_packet`).
-    pub(super) max_statement_bytes: usize,
-    /// Whether batches move the Merkle digests.
-    pub(super) merkle: bool,
-}
-
-/// How long a connection to MySQL may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `mariadb://…` as sqlx's `mysql://…`: the scheme only, since a host may be called `mariadb`
-/// (docker-compose.yml's is).
-fn mysql_scheme(url: &str) -> std::borrow::Cow<'_, str> {
-    match url.strip_prefix("mariadb:") {
-        Some(rest) => format!("mysql:{rest}").into(),
-        None => url.into(),
-    }
-}
+pub use conn::SqlTier;
 
 impl SqlTier {
     /// Connects to `url` (`mysql://…`, `mariadb://…` or `sqlite:…`) and applies migrations.
@@ -120,69 +49,7 @@ impl SqlTier {
     /// [`SqlTier::connect`], with a password that overrides the URL's (MySQL only). TLS is
     /// set in the URL (`ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`: sqlx's names).
     pub async fn connect_with_password(url: &str, password: Option<&str>) -> Result<Self> {
-        let tier = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-            let mut options = MySqlConnectOptions::from_str(&mysql_scheme(url))?;
-            if let Some(password) = password {
-                options = options.password(password);
-            }
-            // One connection of its own first: the pool retries a refused connection until
-            // its acquire timeout and then reports only "pool timed out"; this says why
-            // (refused, unknown host, TLS, access denied) at once.
-            match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
-                Ok(Ok(connection)) => {
-                    let _ = sqlx::Connection::close(connection).await;
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    return Err(SyncError::Unavailable(format!(
-                        "SQL ({}) did not answer within {} s",
-                        crate::config::redacted(url),
-                        CONNECT_TIMEOUT.as_secs()
-                    )))
-                }
-            }
-            let pool = MySqlPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(CONNECT_TIMEOUT)
-                .connect_with(options)
-                .await?;
-            migrate_mysql(&pool).await?;
-            let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
-                .fetch_one(&pool)
-                .await?;
-            SqlTier {
-                pool: Pool::MySql(pool),
-                dialect: Dialect::MySql,
-                // leave room for the statement text and protocol framing
-                max_statement_bytes: (packet as usize).saturating_sub(64 * 1024).max(64 * 1024),
-                merkle: true,
-            }
-        } else if url.starts_with("sqlite:") {
-            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            let options = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                // FULL: a committed batch survives power loss, not only a process crash.
-                .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new()
-                // an in-memory database exists per connection: keep exactly one
-                .max_connections(if in_memory { 1 } else { 4 })
-                .connect_with(options)
-                .await?;
-            sqlx::migrate!("schemas/sql/sqlite").run(&pool).await?;
-            SqlTier {
-                pool: Pool::Sqlite(pool),
-                dialect: Dialect::Sqlite,
-                max_statement_bytes: 16 * 1024 * 1024,
-                merkle: true,
-            }
-        } else {
-            return Err(SyncError::Config(format!(
-                "sql_url must start with mysql://, mariadb:// or sqlite: (got {:?})",
-                crate::config::redacted(url)
-            )));
-        };
+        let tier = Self::open(url, password).await?;
         tier.backfill_digests().await?;
         Ok(tier)
     }
@@ -217,18 +84,26 @@ impl SqlTier {
         Ok(())
     }
 
-    /// Stops maintaining the Merkle digests (to measure their cost).
-    pub fn without_merkle(mut self) -> Self {
-        self.merkle = false;
-        self
-    }
-
-    /// Which backend this is, for logs.
-    pub fn backend(&self) -> &'static str {
-        match self.dialect {
-            Dialect::MySql => "mysql",
-            Dialect::Sqlite => "sqlite",
+    /// Many ids in `IN (…)` lists of [`IDS_PER_STATEMENT`].
+    async fn select_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
+        let mut found: HashMap<String, SyncItem> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT {ITEM_COLUMNS} FROM sync_items WHERE id IN ({})",
+                marks(chunk.len())
+            );
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(id.as_bytes());
+                }
+                for r in query.fetch_all(pool).await? {
+                    let item = item_from_row!(r)?;
+                    found.insert(item.id().to_string(), item);
+                }
+            });
         }
+        Ok(ids.iter().map(|id| found.get(*id).cloned()).collect())
     }
 
     /// `id >= ? [AND id < ?]` for a prefix, with its binds.
@@ -372,75 +247,10 @@ impl SqlTier {
     }
 }
 
-/// Applies the MySQL migrations under a lock that really waits. (sqlx's own lock is
-/// `GET_LOCK(name, -1)`, which MariaDB answers with NULL at once instead of waiting, so two
-/// engines starting together on a fresh database would both migrate and one would fail.)
-async fn migrate_mysql(pool: &MySqlPool) -> Result<()> {
-    const LOCK: &str = "sync_engine_migrations";
-    let mut conn = pool.acquire().await?;
-    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 120)")
-        .bind(LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    if locked != Some(1) {
-        return Err(SyncError::Config(
-            "could not take the migration lock within 120 s (another engine is migrating?)".into(),
-        ));
-    }
-    let mut migrator = sqlx::migrate!("schemas/sql/mysql");
-    migrator.set_locking(false); // ours is held
-    let migrated = migrator.run_direct(&mut *conn).await;
-    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
-        .bind(LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(migrated?)
-}
-
-/// Turns the columns of [`ITEM_COLUMNS`] into an item.
-pub(super) fn decode_item(
-    id: Vec<u8>,
-    payload: Option<String>,
-    blob: Option<Vec<u8>>,
-    content_hash: String,
-    state: Vec<u8>,
-    version: i64,
-    redis_ttl_ms: Option<i64>,
-) -> Result<SyncItem> {
-    let text = |bytes: Vec<u8>, what: &str| {
-        String::from_utf8(bytes).map_err(|_| {
-            SyncError::Sql(sqlx::Error::Decode(
-                format!("stored {what} is not UTF-8").into(),
-            ))
-        })
-    };
-    let (content, content_type) = match (payload, blob) {
-        (Some(json), _) => (json.into_bytes(), ContentType::Json),
-        (None, Some(bytes)) => (bytes, ContentType::Binary),
-        (None, None) => (Vec::new(), ContentType::Binary),
-    };
-    Ok(SyncItem::from_stored(
-        text(id, "id")?,
-        content,
-        content_type,
-        content_hash,
-        text(state, "state")?,
-        version as u64,
-        redis_ttl_ms.map(|ms| ms.max(0) as u64),
-    ))
-}
-
-/// The item as written by `source` (the last column of [`ITEM_COLUMNS`]).
-pub(super) fn with_stored_source(item: SyncItem, source: Vec<u8>) -> Result<SyncItem> {
-    let source = String::from_utf8(source)
-        .map_err(|_| SyncError::Sql(sqlx::Error::Decode("stored source is not UTF-8".into())))?;
-    Ok(item.with_source(source.into()))
-}
-
 #[async_trait]
 impl DurableTier for SqlTier {
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
-        super::sql_write::apply(self, ops).await
+        write::apply(self, ops).await
     }
 
     async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
@@ -471,7 +281,7 @@ impl DurableTier for SqlTier {
     }
 
     async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
-        super::sql_write::get_many(self, ids).await
+        self.select_many(ids).await
     }
 
     async fn contains(&self, id: &str) -> Result<bool> {
@@ -540,8 +350,7 @@ impl DurableTier for SqlTier {
     }
 
     async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>> {
-        use crate::search::SqlBind;
-        let (filter, binds) = query.sql_filter(self.dialect == Dialect::Sqlite);
+        let (filter, binds) = search_filter(query, self.dialect);
         let sql = format!(
             "SELECT {ITEM_COLUMNS} FROM sync_items WHERE payload IS NOT NULL AND ({filter}) ORDER BY id"
         );
@@ -602,8 +411,8 @@ impl DurableTier for SqlTier {
                 .bind(partition.as_bytes())
                 .execute(&mut *tx)
                 .await?;
-            for chunk in buckets.chunks(super::sql_write::ROWS_PER_STATEMENT) {
-                let sql = super::sql_write::upsert_buckets_sql(dialect, chunk.len());
+            for chunk in buckets.chunks(ROWS_PER_STATEMENT) {
+                let sql = upsert_buckets_sql(dialect, chunk.len());
                 let mut query = sqlx::query(&sql);
                 for (b, bucket) in chunk {
                     query = query
@@ -648,7 +457,7 @@ impl DurableTier for SqlTier {
             Dialect::MySql => "ON DUPLICATE KEY UPDATE marks = marks + 1",
             Dialect::Sqlite => "ON CONFLICT(id) DO UPDATE SET marks = marks + 1",
         };
-        for chunk in ids.chunks(super::sql_write::ROWS_PER_STATEMENT) {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO sync_redis_repairs (id) VALUES {} {upsert}",
                 vec!["(?)"; chunk.len()].join(",")
@@ -682,7 +491,7 @@ impl DurableTier for SqlTier {
     }
 
     async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()> {
-        for chunk in done.chunks(super::sql_write::ROWS_PER_STATEMENT) {
+        for chunk in done.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "DELETE FROM sync_redis_repairs WHERE {}",
                 chunk
@@ -707,27 +516,5 @@ impl DurableTier for SqlTier {
             });
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mysql_scheme;
-
-    #[test]
-    fn only_the_scheme_of_a_mariadb_url_is_rewritten() {
-        assert_eq!(
-            mysql_scheme("mariadb://sync:sync@db:3306/sync"),
-            "mysql://sync:sync@db:3306/sync"
-        );
-        // a host called `mariadb` (docker-compose.yml's) was once rewritten to `mysql`
-        assert_eq!(
-            mysql_scheme("mysql://sync:sync@mariadb:3306/sync"),
-            "mysql://sync:sync@mariadb:3306/sync"
-        );
-        assert_eq!(
-            mysql_scheme("mariadb://u:p@mariadb:3306/mariadb"),
-            "mysql://u:p@mariadb:3306/mariadb"
-        );
     }
 }

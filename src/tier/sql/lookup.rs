@@ -5,7 +5,8 @@
 
 use sqlx::Row;
 
-use super::sql::{item_from_row, on_pool, SqlTier, ITEM_COLUMNS};
+use super::conn::SqlTier;
+use super::rows::{item_from_row, on_pool, ITEM_COLUMNS};
 use crate::error::Result;
 use crate::item::SyncItem;
 

@@ -1,4 +1,4 @@
-//! The batch transaction of the SQL tier, and multi-id reads.
+//! The batch transaction of the SQL tier.
 //!
 //! One batch = one transaction:
 //! 1. read (and on MySQL lock) the stored version and source of every id in the batch, live or
@@ -19,101 +19,16 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 
-use super::sql::{item_from_row, on_pool, Dialect, SqlTier, ITEM_COLUMNS};
-use super::{decide, is_partition, merkle_delta, Applied, Op, Prior, Stored};
+use super::conn::SqlTier;
+use super::dialect::{
+    marks, record_source_sql, upsert_items_sql, upsert_tombstones_sql, IDS_PER_STATEMENT,
+    ROWS_PER_STATEMENT,
+};
+use super::rows::on_pool;
 use crate::error::Result;
 use crate::item::SyncItem;
 use crate::merkle::{Bucket, Delta};
-
-/// Rows per multi-row statement: 8 binds each stays far below both backends' bind limits, and
-/// a full chunk always has the same text, so its prepared statement is reused.
-pub(super) const ROWS_PER_STATEMENT: usize = 500;
-/// Ids per `IN (…)` list.
-const IDS_PER_STATEMENT: usize = 1000;
-
-pub(super) fn marks(n: usize) -> String {
-    let mut s = String::with_capacity(n * 2);
-    for i in 0..n {
-        s.push_str(if i == 0 { "?" } else { ",?" });
-    }
-    s
-}
-
-fn rows(n: usize, columns: &str) -> String {
-    vec![columns; n].join(",")
-}
-
-/// The SQL form of the guard an upsert carries: the incoming row is newer within its source,
-/// or comes from another source (the decision between sources was made under the row locks).
-const NEWER: &str = "(VALUES(version) > version OR VALUES(source) <> source)";
-
-fn upsert_items_sql(dialect: Dialect, n: usize) -> String {
-    let head = format!(
-        "INSERT INTO sync_items (id, payload, payload_blob, content_hash, state, source, version, redis_ttl_ms) VALUES {}",
-        rows(n, "(?,?,?,?,?,?,?,?)")
-    );
-    match dialect {
-        // MySQL applies assignments left to right: `version` and then `source` must be the
-        // last ones, or the guards after them would compare against the new values.
-        Dialect::MySql => format!(
-            "{head} ON DUPLICATE KEY UPDATE \
-             payload = IF({NEWER}, VALUES(payload), payload), \
-             payload_blob = IF({NEWER}, VALUES(payload_blob), payload_blob), \
-             content_hash = IF({NEWER}, VALUES(content_hash), content_hash), \
-             state = IF({NEWER}, VALUES(state), state), \
-             redis_ttl_ms = IF({NEWER}, VALUES(redis_ttl_ms), redis_ttl_ms), \
-             updated_at = IF({NEWER}, CURRENT_TIMESTAMP(6), updated_at), \
-             version = IF({NEWER}, VALUES(version), version), \
-             source = VALUES(source)"
-        ),
-        Dialect::Sqlite => format!(
-            "{head} ON CONFLICT(id) DO UPDATE SET payload = excluded.payload, \
-             payload_blob = excluded.payload_blob, content_hash = excluded.content_hash, \
-             state = excluded.state, source = excluded.source, version = excluded.version, \
-             redis_ttl_ms = excluded.redis_ttl_ms, \
-             updated_at = {} WHERE excluded.version > sync_items.version \
-             OR excluded.source <> sync_items.source",
-            dialect.now()
-        ),
-    }
-}
-
-fn upsert_tombstones_sql(dialect: Dialect, n: usize) -> String {
-    let head = format!(
-        "INSERT INTO sync_tombstones (id, source, version) VALUES {}",
-        rows(n, "(?,?,?)")
-    );
-    match dialect {
-        Dialect::MySql => format!(
-            "{head} ON DUPLICATE KEY UPDATE \
-             deleted_at = IF({NEWER}, CURRENT_TIMESTAMP(6), deleted_at), \
-             version = IF({NEWER}, VALUES(version), version), \
-             source = VALUES(source)"
-        ),
-        Dialect::Sqlite => format!(
-            "{head} ON CONFLICT(id) DO UPDATE SET source = excluded.source, \
-             version = excluded.version, deleted_at = {} \
-             WHERE excluded.version > sync_tombstones.version \
-             OR excluded.source <> sync_tombstones.source",
-            dialect.now()
-        ),
-    }
-}
-
-pub(super) fn record_source_sql(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::MySql => {
-            "INSERT INTO sync_sources (source, version) VALUES (?, ?) \
-             ON DUPLICATE KEY UPDATE updated_at = CURRENT_TIMESTAMP(6), \
-             version = GREATEST(version, VALUES(version))"
-        }
-        Dialect::Sqlite => {
-            "INSERT INTO sync_sources (source, version) VALUES (?, ?) \
-             ON CONFLICT(source) DO UPDATE SET version = max(version, excluded.version), \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-        }
-    }
-}
+use crate::tier::{decide, is_partition, merkle_delta, Applied, Op, Prior, Stored};
 
 /// Splits puts into statements of at most [`ROWS_PER_STATEMENT`] rows and `max_bytes` bytes.
 fn chunk_by_bytes<'a>(puts: &[&'a SyncItem], max_bytes: usize) -> Vec<Vec<&'a SyncItem>> {
@@ -134,22 +49,6 @@ fn chunk_by_bytes<'a>(puts: &[&'a SyncItem], max_bytes: usize) -> Vec<Vec<&'a Sy
         chunks.push(current);
     }
     chunks
-}
-
-pub(super) fn upsert_buckets_sql(dialect: Dialect, n: usize) -> String {
-    let head = format!(
-        "INSERT INTO sync_merkle_buckets (source, bucket, item_count, digest) VALUES {}",
-        rows(n, "(?,?,?,?)")
-    );
-    match dialect {
-        Dialect::MySql => format!(
-            "{head} ON DUPLICATE KEY UPDATE item_count = VALUES(item_count), digest = VALUES(digest)"
-        ),
-        Dialect::Sqlite => format!(
-            "{head} ON CONFLICT(source, bucket) DO UPDATE SET item_count = excluded.item_count, \
-             digest = excluded.digest"
-        ),
-    }
 }
 
 /// The stored buckets `delta` touches, moved by it: `(partition, bucket, new value)`.
@@ -180,7 +79,7 @@ macro_rules! store_delta {
                 let sql = format!(
                     "SELECT source, bucket, item_count, digest FROM sync_merkle_buckets \
                      WHERE source IN ({}){}",
-                    crate::tier::sql_write::marks(chunk.len()),
+                    crate::tier::sql::dialect::marks(chunk.len()),
                     $dialect.lock_clause()
                 );
                 let mut query = sqlx::query(&sql);
@@ -206,9 +105,9 @@ macro_rules! store_delta {
                     );
                 }
             }
-            let moved = crate::tier::sql_write::moved_buckets(&delta, &stored);
-            for chunk in moved.chunks(crate::tier::sql_write::ROWS_PER_STATEMENT) {
-                let sql = crate::tier::sql_write::upsert_buckets_sql($dialect, chunk.len());
+            let moved = crate::tier::sql::write::moved_buckets(&delta, &stored);
+            for chunk in moved.chunks(crate::tier::sql::dialect::ROWS_PER_STATEMENT) {
+                let sql = crate::tier::sql::dialect::upsert_buckets_sql($dialect, chunk.len());
                 let mut query = sqlx::query(&sql);
                 for (p, b, bucket) in chunk {
                     query = query
@@ -409,27 +308,6 @@ async fn transaction(tier: &SqlTier, ops: &[Op]) -> Result<Vec<Applied>> {
         tx.commit().await?;
         Ok(applied)
     })
-}
-
-pub(super) async fn get_many(tier: &SqlTier, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
-    let mut found: HashMap<String, SyncItem> = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT {ITEM_COLUMNS} FROM sync_items WHERE id IN ({})",
-            marks(chunk.len())
-        );
-        on_pool!(tier, pool => {
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.as_bytes());
-            }
-            for r in query.fetch_all(pool).await? {
-                let item = item_from_row!(r)?;
-                found.insert(item.id().to_string(), item);
-            }
-        });
-    }
-    Ok(ids.iter().map(|id| found.get(*id).cloned()).collect())
 }
 
 #[cfg(test)]
