@@ -1,7 +1,30 @@
 //! # sync-engine
 //!
-//! A tiered store — L1 memory, L3 MySQL/MariaDB or SQLite — with one ordered, version-guarded
-//! write path, and (in the binary) a sidecar around it.
+//! A tiered store — L1 memory, L2 Redis, L3 MySQL/MariaDB or SQLite — with one ordered,
+//! version-guarded write path, and (in the binary) a sidecar around it.
+//!
+//! ## One write, from record to confirmation
+//!
+//! A put (or delete) changes type at each hop that adds or drops something; each name is used
+//! for that one stage only. The sidecar's hops come first; a library `submit` starts at
+//! [`SyncItem`].
+//!
+//! | stage | type | module | what it is |
+//! |---|---|---|---|
+//! | consumed | `RawRecord` | [`sidecar::record`] | key, value, headers of a Kafka record, borrowed |
+//! | decoded | `record::Write` | [`sidecar::record`] | a valid record: a put (item + options) or a delete; invalid ones get a `DlqCode` |
+//! | accepted | `Entry` | `batch` | a queued write: one [`tier::Op`] and where it goes (SQL, Redis, TTL) |
+//! | batched | [`tier::Op`] | [`tier`] | one write of a batch as the durable tier sees it; at most one per id |
+//! | committed | [`tier::Applied`] | [`tier`] | what the SQL transaction did with that op (applied, a replay, the row before) |
+//! | cached | `CacheWrite` | [`tier::redis`] | the change Redis gets after the commit (put with TTL, or remove) |
+//! | settled | `Settled` | `l1` | L1 told how the op ended (cache the committed item, or drop the pending one) |
+//! | confirmed | [`sidecar::events::ConfirmedItem`] | [`sidecar::events`] | the record in a confirmation event: offset, id, [`sidecar::events::ConfirmedOp`], outcome |
+//!
+//! Two words are kept apart in the sidecar: the **commit cycle** is the loop's recurring step
+//! (flush the engine, await DLQ acks, produce confirmations, produce the checkpoint events that
+//! are due, commit offsets; `sidecar::pipeline`), and a **checkpoint** is only the output event
+//! a cycle may produce ([`sidecar::events::Checkpoint`]: a partition's offset and state root).
+//! (`/readyz` still reports a failing cycle as "checkpoints failing", a documented string.)
 //!
 //! ```no_run
 //! use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};

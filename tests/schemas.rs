@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sync_engine::item::content_hash;
 use sync_engine::merkle::ALGORITHM;
 use sync_engine::sidecar::events::{
-    Checkpoint, Confirmation, ConfirmedItem, Op, Outcome, DLQ_HEADERS,
+    Checkpoint, Confirmation, ConfirmedItem, ConfirmedOp, Outcome, DLQ_HEADERS,
 };
 use sync_engine::sidecar::record::DlqCode::{self, *};
 use sync_engine::sidecar::record::{decode, RawRecord};
@@ -95,7 +95,7 @@ fn put(offset: i64, id: &str, payload: &[u8], tiers: Vec<&'static str>) -> Confi
     ConfirmedItem {
         offset,
         id: Some(id.to_string()),
-        op: Op::Put,
+        op: ConfirmedOp::Put,
         outcome: Some(Outcome::Applied),
         content_hash: Some(content_hash(payload)),
         tiers,
@@ -107,7 +107,7 @@ fn delete(offset: i64, id: &str) -> ConfirmedItem {
     ConfirmedItem {
         offset,
         id: Some(id.to_string()),
-        op: Op::Delete,
+        op: ConfirmedOp::Delete,
         outcome: Some(Outcome::Unchanged),
         content_hash: None,
         tiers: vec!["sql", "redis"],
@@ -119,7 +119,7 @@ fn dlq(offset: i64, id: Option<&str>, code: DlqCode) -> ConfirmedItem {
     ConfirmedItem {
         offset,
         id: id.map(str::to_string),
-        op: Op::Dlq,
+        op: ConfirmedOp::Dlq,
         outcome: None,
         content_hash: None,
         tiers: Vec::new(),

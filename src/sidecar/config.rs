@@ -54,7 +54,7 @@ pub struct PipelineConfig {
 pub struct HttpConfig {
     /// Address to serve on; empty: no endpoint.
     pub listen: String,
-    /// `/readyz` fails once checkpoint cycles have been failing this long.
+    /// `/readyz` fails once commit cycles have been failing this long.
     pub unready_after_ms: u64,
 }
 

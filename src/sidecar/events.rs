@@ -10,7 +10,7 @@ pub struct ConfirmedItem {
     pub offset: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    pub op: Op,
+    pub op: ConfirmedOp,
     /// What the write did (puts and deletes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
@@ -24,21 +24,23 @@ pub struct ConfirmedItem {
     pub error_code: Option<&'static str>,
 }
 
+/// What a confirmed record was: a put, a delete, or a record sent to the DLQ (the `op` field
+/// of a confirmation; not the batch's [`crate::tier::Op`]).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Op {
+pub enum ConfirmedOp {
     Put,
     Delete,
     Dlq,
 }
 
-impl Op {
+impl ConfirmedOp {
     /// As serialized (`put`, `delete`, `dlq`).
     pub fn as_str(self) -> &'static str {
         match self {
-            Op::Put => "put",
-            Op::Delete => "delete",
-            Op::Dlq => "dlq",
+            ConfirmedOp::Put => "put",
+            ConfirmedOp::Delete => "delete",
+            ConfirmedOp::Dlq => "dlq",
         }
     }
 }
@@ -177,7 +179,7 @@ mod tests {
         ConfirmedItem {
             offset,
             id: Some(format!("id-{offset:05}-{}", "x".repeat(40))),
-            op: Op::Put,
+            op: ConfirmedOp::Put,
             outcome: Some(Outcome::Applied),
             content_hash: Some("ab".repeat(32)),
             tiers: vec!["sql", "redis"],

@@ -3,7 +3,7 @@
 //!
 //! - `GET /healthz` — 200 while the poll loop has turned within [`LIVE_WITHIN`] (the process
 //!   and its consumer thread are alive); 503 otherwise.
-//! - `GET /readyz` — 200 once the consumer has joined its group, while no checkpoint cycle
+//! - `GET /readyz` — 200 once the consumer has joined its group, while no commit cycle
 //!   has been failing for longer than `[http] unready_after_ms` (SQL, Redis or Kafka away) and
 //!   while the pipeline is not stalled (`[stall]`, `super::stall`); 503 with
 //!   `{"ready": false, "reason": "…"}` otherwise.
@@ -50,7 +50,7 @@ pub struct Health {
     /// Milliseconds after `started` of the poll loop's last turn.
     polled_ms: AtomicU64,
     joined: AtomicBool,
-    /// Since when checkpoint cycles have been failing, and the last reason.
+    /// Since when commit cycles have been failing, and the last reason.
     failing: Mutex<Option<(Instant, String)>>,
     unready_after: Duration,
     /// Why the pipeline is stalled, while it is.
@@ -85,7 +85,7 @@ impl Health {
         self.joined.load(Ordering::Relaxed)
     }
 
-    /// A checkpoint cycle failed with something that is retried.
+    /// A commit cycle failed with something that is retried.
     pub fn cycle_failed(&self, reason: &str) {
         let mut failing = self.failing.lock().expect("health lock");
         let since = failing
@@ -94,7 +94,7 @@ impl Health {
         *failing = Some((since, reason.to_string()));
     }
 
-    /// A checkpoint cycle went through.
+    /// A commit cycle went through.
     pub fn cycle_ok(&self) {
         *self.failing.lock().expect("health lock") = None;
     }

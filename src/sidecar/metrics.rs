@@ -34,7 +34,7 @@ pub(super) fn describe() {
         ("sync_engine_confirmations_total", Count, "Confirmation events produced."),
         ("sync_engine_checkpoints_total", Count, "Checkpoint events produced."),
         ("sync_engine_commits_total", Count, "Offset commits the broker accepted."),
-        ("sync_engine_cycle_failures_total", Count, "Failed checkpoint cycles, by class (retryable: retried; fatal: the run ends, or for SQL the pipeline stalls)."),
+        ("sync_engine_cycle_failures_total", Count, "Failed commit cycles, by class (retryable: retried; fatal: the run ends, or for SQL the pipeline stalls)."),
         ("sync_engine_sql_errors_total", Count, "Failed SQL batch transactions, by error class (retryable, fatal)."),
         ("sync_engine_redis_errors_total", Count, "Failed Redis calls, by class (connection: refused, reset or timed out; response: Redis answered with an error)."),
     ];
@@ -58,7 +58,7 @@ pub(super) fn describe() {
         describe_gauge!(name, unit, help);
     }
     let histograms: [(&str, Unit, &str); 6] = [
-        ("sync_engine_cycle_duration_seconds", Seconds, "A successful checkpoint cycle: flush, DLQ acks, confirmations, checkpoints, commit."),
+        ("sync_engine_cycle_duration_seconds", Seconds, "A successful commit cycle: flush, DLQ acks, confirmations, checkpoints, commit."),
         ("sync_engine_confirm_commit_duration_seconds", Seconds, "From the engine being durable to the commit: confirmations (deliveries awaited), checkpoint events, offset commit."),
         ("sync_engine_produce_to_confirmation_seconds", Seconds, "Per confirmed partition batch: from the Kafka timestamp of its oldest record to its confirmation's delivery."),
         (BATCH_RECORDS, Count, "Records per engine batch (one SQL transaction)."),

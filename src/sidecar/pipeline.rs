@@ -31,7 +31,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, error, info, warn};
 
 use super::config::PipelineConfig;
-use super::events::{Checkpoint, Confirmation, ConfirmedItem, Op, Outcome, DLQ_HEADERS};
+use super::events::{Checkpoint, Confirmation, ConfirmedItem, ConfirmedOp, Outcome, DLQ_HEADERS};
 use super::http::Health;
 use super::metrics::Memory;
 use super::output::{DeadLetter, Output};
@@ -215,7 +215,7 @@ impl Pipeline {
                 let confirmed = ConfirmedItem {
                     offset,
                     id: Some(item.id().to_string()),
-                    op: Op::Put,
+                    op: ConfirmedOp::Put,
                     outcome: None,
                     content_hash: Some(item.content_hash().to_string()),
                     tiers,
@@ -235,7 +235,7 @@ impl Pipeline {
                 let confirmed = ConfirmedItem {
                     offset,
                     id: Some(id),
-                    op: Op::Delete,
+                    op: ConfirmedOp::Delete,
                     outcome: None,
                     content_hash: None,
                     tiers: self.tiers(true, true),
@@ -251,7 +251,7 @@ impl Pipeline {
                         .key()
                         .and_then(|k| std::str::from_utf8(k).ok())
                         .map(str::to_string),
-                    op: Op::Dlq,
+                    op: ConfirmedOp::Dlq,
                     outcome: None,
                     content_hash: None,
                     tiers: Vec::new(),
@@ -261,7 +261,7 @@ impl Pipeline {
             }
         };
         match item.op {
-            Op::Dlq => self.summary.dlq += 1,
+            ConfirmedOp::Dlq => self.summary.dlq += 1,
             _ => self.summary.written += 1,
         }
         let unconfirmed = self
@@ -426,7 +426,7 @@ impl Pipeline {
                 self.report_dead_letters(all);
                 self.health.cycle_ok();
                 if was_failing {
-                    info!("checkpoint went through again");
+                    info!("commit cycle went through again");
                 }
                 self.waiting = false;
                 self.retry_at = None;
@@ -446,10 +446,10 @@ impl Pipeline {
                     .failure_reported
                     .is_none_or(|t| t.elapsed() >= FAILURE_REPORT_EVERY)
                 {
-                    warn!(error = %e, retry_in = ?self.retry_delay, "checkpoint incomplete; nothing uncommitted is lost, retrying");
+                    warn!(error = %e, retry_in = ?self.retry_delay, "commit cycle incomplete; nothing uncommitted is lost, retrying");
                     self.failure_reported = Some(Instant::now());
                 } else {
-                    debug!(error = %e, retry_in = ?self.retry_delay, "checkpoint still incomplete; retrying");
+                    debug!(error = %e, retry_in = ?self.retry_delay, "commit cycle still incomplete; retrying");
                 }
                 self.retry_at = Some(Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(LAST_RETRY);
@@ -590,7 +590,7 @@ impl Pipeline {
             .iter()
             .map(|c| {
                 let mut item = c.item.clone();
-                if item.op != Op::Dlq {
+                if item.op != ConfirmedOp::Dlq {
                     let replay = c.durable && (item.offset as u64) < horizon;
                     item.outcome = Some(if replay {
                         Outcome::Unchanged

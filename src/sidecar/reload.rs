@@ -8,7 +8,7 @@
 //! take tens of seconds to reach a pod anyway.)
 //!
 //! - **Live**: `batch_flush_ms`, `batch_flush_count`, `batch_flush_bytes` (the engine's writer
-//!   and the checkpoint cycle), `[kafka] checkpoint_every_batches` and
+//!   and the commit cycle), `[kafka] checkpoint_every_batches` and
 //!   `checkpoint_interval_ms`, and `log_level`.
 //! - **After a restart**: everything else (brokers, topics, group, client properties, URLs,
 //!   passwords, the HTTP address, memory limits, `[stall]`…). A change to one is logged as a WARN naming

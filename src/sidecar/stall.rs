@@ -3,7 +3,7 @@
 //! The pipeline is **stalled** when retrying alone will not move it:
 //! - at once, on a fatal SQL error — in a batch transaction or in the cycle's own reads
 //!   (a dropped table, a revoked grant: [`crate::ErrorClass::Fatal`]);
-//! - when checkpoint cycles have been failing for `after_ms` on anything retryable (SQL,
+//! - when commit cycles have been failing for `after_ms` on anything retryable (SQL,
 //!   Redis, the DLQ or output topic, refused commits).
 //!
 //! While stalled, `/readyz` fails with the reason, `sync_engine_stalled` is 1 and the reason
