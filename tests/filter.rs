@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use sync_engine::merkle::PartitionDigest;
 use sync_engine::search::Query;
 use sync_engine::tier::memory::MemoryTier;
-use sync_engine::tier::{Applied, DurableTier, LeafRow, Op, Removed, RepairMark};
+use sync_engine::tier::{
+    Applied, DurableStore, LeafRow, Op, RangeStore, Removed, RepairMark, RepairMarks,
+    SearchCandidates, StateRootStore,
+};
 use sync_engine::{Result, SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
 
@@ -22,79 +25,114 @@ struct Counting {
 }
 
 #[async_trait]
-impl DurableTier for Counting {
+impl DurableStore for Counting {
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         self.inner.apply(ops).await
     }
+
     async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         self.inner.ids_after(after, limit).await
     }
+
     async fn get(&self, id: &str) -> Result<Option<SyncItem>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get(id).await
     }
+
     async fn get_many(&self, ids: &[&str]) -> Result<Vec<Option<SyncItem>>> {
         self.reads.fetch_add(ids.len(), Ordering::SeqCst);
         self.inner.get_many(ids).await
     }
+
     async fn contains(&self, id: &str) -> Result<bool> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.contains(id).await
     }
-    async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
-        self.inner.scan_prefix(prefix, limit).await
-    }
-    async fn count_prefix(&self, prefix: &str) -> Result<u64> {
-        self.inner.count_prefix(prefix).await
-    }
-    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<Removed>> {
-        self.inner.delete_prefix(prefix, version).await
-    }
-    async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>> {
-        self.inner.get_by_state(state, limit).await
-    }
-    async fn count_by_state(&self, state: &str) -> Result<u64> {
-        self.inner.count_by_state(state).await
-    }
-    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<Removed>> {
-        self.inner.delete_by_state(state, version).await
-    }
-    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
-        self.inner.set_state(id, state, version).await
-    }
-    async fn search_candidates(&self, query: &Query) -> Result<Vec<SyncItem>> {
-        self.inner.search_candidates(query).await
-    }
+
     async fn max_version(&self) -> Result<u64> {
         self.inner.max_version().await
     }
-    async fn merkle_partitions(&self) -> Result<Vec<String>> {
-        self.inner.merkle_partitions().await
-    }
-    async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
-        self.inner.merkle_digest(partition).await
-    }
-    async fn replace_merkle_digest(&self, p: &str, d: &PartitionDigest) -> Result<()> {
-        self.inner.replace_merkle_digest(p, d).await
-    }
+
     async fn source_version(&self, source: &str) -> Result<Option<u64>> {
         self.inner.source_version(source).await
     }
-    async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
-        self.inner.leaves_after(after, limit).await
-    }
-    async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
-        self.inner.leaf_row(id).await
-    }
+
     fn payload_limit(&self) -> Option<usize> {
         None
     }
+}
+
+#[async_trait]
+impl RangeStore for Counting {
+    async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        self.inner.scan_prefix(prefix, limit).await
+    }
+
+    async fn count_prefix(&self, prefix: &str) -> Result<u64> {
+        self.inner.count_prefix(prefix).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str, version: u64) -> Result<Vec<Removed>> {
+        self.inner.delete_prefix(prefix, version).await
+    }
+
+    async fn get_by_state(&self, state: &str, limit: usize) -> Result<Vec<SyncItem>> {
+        self.inner.get_by_state(state, limit).await
+    }
+
+    async fn count_by_state(&self, state: &str) -> Result<u64> {
+        self.inner.count_by_state(state).await
+    }
+
+    async fn delete_by_state(&self, state: &str, version: u64) -> Result<Vec<Removed>> {
+        self.inner.delete_by_state(state, version).await
+    }
+
+    async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool> {
+        self.inner.set_state(id, state, version).await
+    }
+}
+
+#[async_trait]
+impl SearchCandidates for Counting {
+    async fn search_candidates(&self, query: &Query) -> Result<Vec<SyncItem>> {
+        self.inner.search_candidates(query).await
+    }
+}
+
+#[async_trait]
+impl StateRootStore for Counting {
+    async fn merkle_partitions(&self) -> Result<Vec<String>> {
+        self.inner.merkle_partitions().await
+    }
+
+    async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest> {
+        self.inner.merkle_digest(partition).await
+    }
+
+    async fn replace_merkle_digest(&self, p: &str, d: &PartitionDigest) -> Result<()> {
+        self.inner.replace_merkle_digest(p, d).await
+    }
+
+    async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
+        self.inner.leaves_after(after, limit).await
+    }
+
+    async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
+        self.inner.leaf_row(id).await
+    }
+}
+
+#[async_trait]
+impl RepairMarks for Counting {
     async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()> {
         self.inner.mark_redis_repairs(ids).await
     }
+
     async fn redis_repairs(&self, after: Option<&str>, limit: usize) -> Result<Vec<RepairMark>> {
         self.inner.redis_repairs(after, limit).await
     }
+
     async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()> {
         self.inner.clear_redis_repairs(done).await
     }

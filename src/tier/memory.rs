@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    decide, is_partition, merkle_delta, prefix_upper_bound, Applied, DurableTier, LeafRow, Op,
-    Prior, Removed, RepairMark, Stored,
+    decide, is_partition, merkle_delta, prefix_upper_bound, Applied, DurableStore, LeafRow, Op,
+    Prior, RangeStore, Removed, RepairMark, RepairMarks, SearchCandidates, StateRootStore, Stored,
 };
 use crate::error::Result;
 use crate::item::{content_hash, SyncItem};
@@ -128,7 +128,7 @@ impl MemoryTier {
 }
 
 #[async_trait]
-impl DurableTier for MemoryTier {
+impl DurableStore for MemoryTier {
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         let mut t = self.lock();
         // decided against the state before the batch, as the SQL tier does
@@ -183,6 +183,35 @@ impl DurableTier for MemoryTier {
         Ok(self.lock().items.contains_key(id.as_bytes()))
     }
 
+    async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let t = self.lock();
+        let start = after.map_or(Unbounded, |a| Excluded(a.as_bytes().to_vec()));
+        Ok(t.items
+            .range((start, Unbounded))
+            .take(limit)
+            .map(|(_, item)| item.id().to_string())
+            .collect())
+    }
+
+    async fn max_version(&self) -> Result<u64> {
+        let t = self.lock();
+        let live = t.items.values().map(|i| i.version()).max().unwrap_or(0);
+        let dead = t.tombstones.values().map(|(_, v)| *v).max().unwrap_or(0);
+        Ok(live.max(dead))
+    }
+
+    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
+        Ok(self.lock().progress.get(source).copied())
+    }
+
+    fn payload_limit(&self) -> Option<usize> {
+        None
+    }
+}
+
+#[async_trait]
+impl RangeStore for MemoryTier {
     async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
         let t = self.lock();
         Ok(t.under_prefix(prefix)
@@ -241,18 +270,10 @@ impl DurableTier for MemoryTier {
             _ => Ok(false),
         }
     }
+}
 
-    async fn ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let t = self.lock();
-        let start = after.map_or(Unbounded, |a| Excluded(a.as_bytes().to_vec()));
-        Ok(t.items
-            .range((start, Unbounded))
-            .take(limit)
-            .map(|(_, item)| item.id().to_string())
-            .collect())
-    }
-
+#[async_trait]
+impl SearchCandidates for MemoryTier {
     async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>> {
         let t = self.lock();
         Ok(t.items
@@ -261,14 +282,10 @@ impl DurableTier for MemoryTier {
             .map(|i| (**i).clone())
             .collect())
     }
+}
 
-    async fn max_version(&self) -> Result<u64> {
-        let t = self.lock();
-        let live = t.items.values().map(|i| i.version()).max().unwrap_or(0);
-        let dead = t.tombstones.values().map(|(_, v)| *v).max().unwrap_or(0);
-        Ok(live.max(dead))
-    }
-
+#[async_trait]
+impl StateRootStore for MemoryTier {
     async fn merkle_partitions(&self) -> Result<Vec<String>> {
         Ok(self.lock().digests.keys().cloned().collect())
     }
@@ -289,10 +306,6 @@ impl DurableTier for MemoryTier {
         Ok(())
     }
 
-    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
-        Ok(self.lock().progress.get(source).copied())
-    }
-
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
         use std::ops::Bound::{Excluded, Unbounded};
         let t = self.lock();
@@ -307,11 +320,10 @@ impl DurableTier for MemoryTier {
     async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
         Ok(self.lock().items.get(id.as_bytes()).map(|i| leaf_row(i)))
     }
+}
 
-    fn payload_limit(&self) -> Option<usize> {
-        None
-    }
-
+#[async_trait]
+impl RepairMarks for MemoryTier {
     async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()> {
         let mut t = self.lock();
         for id in ids {

@@ -180,8 +180,10 @@ pub fn merkle_delta(ops: &[Op], applied: &[Applied]) -> Delta {
     delta
 }
 
+/// The durable store itself: the batch write, point reads, keyset pagination and the clock.
+/// A write-ahead log in front of SQL, or another SQL dialect, starts here.
 #[async_trait]
-pub trait DurableTier: Send + Sync {
+pub trait DurableStore: Send + Sync {
     /// Applies `ops` (distinct ids) in one transaction and returns, per op, what happened.
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>>;
 
@@ -195,6 +197,20 @@ pub trait DurableTier: Send + Sync {
 
     async fn contains(&self, id: &str) -> Result<bool>;
 
+    /// The highest version stored (rows and tombstones), so the engine's clock never goes
+    /// behind what is already written.
+    async fn max_version(&self) -> Result<u64>;
+
+    /// The highest version written by `source` (for the sidecar: last offset + 1).
+    async fn source_version(&self, source: &str) -> Result<Option<u64>>;
+
+    /// The largest payload the backend accepts in one row, if it has a limit.
+    fn payload_limit(&self) -> Option<usize>;
+}
+
+/// Reads and deletes by id prefix and by state, and state changes.
+#[async_trait]
+pub trait RangeStore: Send + Sync {
     /// Items whose id starts with `prefix` (byte-wise, `%` `_` `\` are plain bytes), by id.
     async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>>;
 
@@ -212,14 +228,18 @@ pub trait DurableTier: Send + Sync {
 
     /// Sets the state of a live item older than `version`; false when there is none.
     async fn set_state(&self, id: &str, state: &str, version: u64) -> Result<bool>;
+}
 
+/// Search's executor on this tier (`crate::search`): a superset of the matches.
+#[async_trait]
+pub trait SearchCandidates: Send + Sync {
     /// JSON items that may match `query` (a superset: the caller applies `Query::matches`).
     async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>>;
+}
 
-    /// The highest version stored (rows and tombstones), so the engine's clock never goes
-    /// behind what is already written.
-    async fn max_version(&self) -> Result<u64>;
-
+/// The Merkle digests committed with the rows, and the rows `verify` and `prove` read.
+#[async_trait]
+pub trait StateRootStore: Send + Sync {
     /// The partitions that have Merkle digests stored.
     async fn merkle_partitions(&self) -> Result<Vec<String>>;
 
@@ -229,18 +249,16 @@ pub trait DurableTier: Send + Sync {
     /// Overwrites the stored digests of `partition` (repair: make them describe the rows).
     async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest) -> Result<()>;
 
-    /// The highest version written by `source` (for the sidecar: last offset + 1).
-    async fn source_version(&self, source: &str) -> Result<Option<u64>>;
-
     /// Up to `limit` rows after `after`, in id order, with their payload re-hashed.
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>>;
 
     /// The row of `id`, if live.
     async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>>;
+}
 
-    /// The largest payload the backend accepts in one row, if it has a limit.
-    fn payload_limit(&self) -> Option<usize>;
-
+/// The ids Redis may be wrong about, kept durably so a repair survives a restart.
+#[async_trait]
+pub trait RepairMarks: Send + Sync {
     /// Records that Redis may hold something else than this tier for `ids`
     /// (`sync_redis_repairs`), so the repair survives a restart.
     async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()>;
@@ -251,6 +269,18 @@ pub trait DurableTier: Send + Sync {
     /// Deletes repair marks: each only if it was not marked again since it was read (`marks`
     /// as read), or whatever its count (`marks: None`).
     async fn clear_redis_repairs(&self, done: &[RepairMark]) -> Result<()>;
+}
+
+/// Everything the engine needs of its L3: the five roles above, implemented by [`sql::SqlTier`]
+/// and the in-memory [`memory::MemoryTier`]. Code that needs one role takes that trait.
+pub trait DurableTier:
+    DurableStore + RangeStore + SearchCandidates + StateRootStore + RepairMarks
+{
+}
+
+impl<T> DurableTier for T where
+    T: DurableStore + RangeStore + SearchCandidates + StateRootStore + RepairMarks
+{
 }
 
 /// One id Redis may be wrong about, and how often it was marked.

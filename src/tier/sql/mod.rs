@@ -27,7 +27,10 @@ use self::dialect::{
 };
 use self::rows::{item_from_row, on_pool, ITEM_COLUMNS};
 use self::write::store_delta;
-use super::{prefix_upper_bound, Applied, DurableTier, LeafRow, Op, Prior, Removed, RepairMark};
+use super::{
+    prefix_upper_bound, Applied, DurableStore, LeafRow, Op, Prior, RangeStore, Removed, RepairMark,
+    RepairMarks, SearchCandidates, StateRootStore,
+};
 use crate::error::Result;
 use crate::item::{content_hash, SyncItem, LOCAL_SOURCE};
 use crate::merkle::{decode_hash, Bucket, Delta, PartitionDigest};
@@ -248,7 +251,7 @@ impl SqlTier {
 }
 
 #[async_trait]
-impl DurableTier for SqlTier {
+impl DurableStore for SqlTier {
     async fn apply(&self, ops: &[Op]) -> Result<Vec<Applied>> {
         write::apply(self, ops).await
     }
@@ -294,6 +297,31 @@ impl DurableTier for SqlTier {
         Ok(found.is_some())
     }
 
+    async fn max_version(&self) -> Result<u64> {
+        let max: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MAX(version) FROM sync_sources").fetch_one(pool).await?
+        });
+        Ok(max.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
+        let sql = "SELECT version FROM sync_sources WHERE source = ?";
+        let version: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(source.as_bytes()).fetch_optional(pool).await?
+        });
+        Ok(version.map(|v| v.max(0) as u64))
+    }
+
+    fn payload_limit(&self) -> Option<usize> {
+        match self.dialect {
+            Dialect::MySql => Some(self.max_statement_bytes),
+            Dialect::Sqlite => None,
+        }
+    }
+}
+
+#[async_trait]
+impl RangeStore for SqlTier {
     async fn scan_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<SyncItem>> {
         let (filter, binds) = Self::prefix_range(prefix);
         self.select_items(&filter, &binds, limit).await
@@ -348,7 +376,10 @@ impl DurableTier for SqlTier {
             Ok(done > 0)
         })
     }
+}
 
+#[async_trait]
+impl SearchCandidates for SqlTier {
     async fn search_candidates(&self, query: &crate::search::Query) -> Result<Vec<SyncItem>> {
         let (filter, binds) = search_filter(query, self.dialect);
         let sql = format!(
@@ -367,14 +398,10 @@ impl DurableTier for SqlTier {
             rows.iter().map(|r| item_from_row!(r)).collect()
         })
     }
+}
 
-    async fn max_version(&self) -> Result<u64> {
-        let max: Option<i64> = on_pool!(self, pool => {
-            sqlx::query_scalar("SELECT MAX(version) FROM sync_sources").fetch_one(pool).await?
-        });
-        Ok(max.unwrap_or(0).max(0) as u64)
-    }
-
+#[async_trait]
+impl StateRootStore for SqlTier {
     async fn merkle_partitions(&self) -> Result<Vec<String>> {
         let sql = "SELECT DISTINCT source FROM sync_merkle_buckets ORDER BY source";
         let rows: Vec<Vec<u8>> =
@@ -428,14 +455,6 @@ impl DurableTier for SqlTier {
         Ok(())
     }
 
-    async fn source_version(&self, source: &str) -> Result<Option<u64>> {
-        let sql = "SELECT version FROM sync_sources WHERE source = ?";
-        let version: Option<i64> = on_pool!(self, pool => {
-            sqlx::query_scalar(sql).bind(source.as_bytes()).fetch_optional(pool).await?
-        });
-        Ok(version.map(|v| v.max(0) as u64))
-    }
-
     async fn leaves_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<LeafRow>> {
         self.leaf_rows("id > ?", after.unwrap_or("").as_bytes(), limit as i64)
             .await
@@ -444,14 +463,10 @@ impl DurableTier for SqlTier {
     async fn leaf_row(&self, id: &str) -> Result<Option<LeafRow>> {
         Ok(self.leaf_rows("id = ?", id.as_bytes(), 1).await?.pop())
     }
+}
 
-    fn payload_limit(&self) -> Option<usize> {
-        match self.dialect {
-            Dialect::MySql => Some(self.max_statement_bytes),
-            Dialect::Sqlite => None,
-        }
-    }
-
+#[async_trait]
+impl RepairMarks for SqlTier {
     async fn mark_redis_repairs(&self, ids: &[&str]) -> Result<()> {
         let upsert = match self.dialect {
             Dialect::MySql => "ON DUPLICATE KEY UPDATE marks = marks + 1",
