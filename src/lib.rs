@@ -3,6 +3,21 @@
 //! A tiered store — L1 memory, L2 Redis, L3 MySQL/MariaDB or SQLite — with one ordered,
 //! version-guarded write path, and (in the binary) a sidecar around it.
 //!
+//! ## Layout
+//!
+//! | module | role |
+//! |---|---|
+//! | [`SyncEngine`] (`engine`) | the library API: submit, get, ranges, search, verify; start-up wiring |
+//! | `writer`, `batch` | the one ordered write path: queue → batch → SQL transaction → Redis → L1 |
+//! | `l1` | pending writes and the cache, bounded by bytes |
+//! | [`tier`] | L3 behind role traits: [`tier::sql`] (the one home of SQL), [`tier::memory`]; L2 [`tier::redis`] |
+//! | [`filter`] | the cuckoo filter in front of L3 |
+//! | [`merkle`], [`verify`], `repair`, `audit` | state roots, verification, Redis repair, proofs |
+//! | [`search`] | the query model (imports no tier) and the reference matcher |
+//! | [`sidecar`] | the Kafka binary's loop: decode ([`sidecar::record`]), the commit cycle (`sidecar::pipeline`), events, HTTP, reload, stall |
+//! | [`config`], [`options`], [`item`], [`error`] | what callers pass and get back |
+//! | [`inspect`], `ops` (binary) | operators' read-only views |
+//!
 //! ## One write, from record to confirmation
 //!
 //! A put (or delete) changes type at each hop that adds or drops something; each name is used

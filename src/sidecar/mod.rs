@@ -19,7 +19,7 @@
 //! keeps the offsets for partitions still owned and drops them for partitions revoked. Only a
 //! fatal error (a DLQ topic that can never be written, a broken configuration) ends the run,
 //! without committing anything past it (exit code 1). A pipeline that cannot move — a fatal
-//! SQL error, or failures outlasting `[stall] after_ms` — is *stalled* ([`stall`]): under
+//! SQL error, or failures outlasting `[stall] after_ms` — is *stalled* (`stall`): under
 //! `policy = "exit"` the process leaves the group and exits with [`EXIT_STALLED`], under
 //! `"wait"` it keeps retrying, unready. When partitions are revoked, the cycle runs inside
 //! the rebalance callback before they are released; what it could not commit is left to the

@@ -1,5 +1,8 @@
-//! The durable tier (L3) behind one small trait, with a SQL implementation (MySQL/MariaDB and
-//! SQLite) and an in-memory one for fast tests.
+//! The durable tier (L3) behind small role traits — [`DurableStore`] (batch writes, point reads,
+//! the clock), [`RangeStore`] (prefixes and states), [`SearchCandidates`], [`StateRootStore`]
+//! (Merkle digests and the rows `verify` reads) and [`RepairMarks`] — whose sum is
+//! [`DurableTier`], with a SQL implementation (MySQL/MariaDB and SQLite, [`sql`]) and an
+//! in-memory one for fast tests ([`memory`]). L2 (Redis) is [`redis`].
 //!
 //! Every write carries a source and a version, and replaying an old write is a no-op, so state
 //! never goes backwards. What "old" means depends on the source (see [`decide`]):

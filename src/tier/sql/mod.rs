@@ -4,7 +4,7 @@
 //!
 //! | file         | holds                                                                  |
 //! |--------------|------------------------------------------------------------------------|
-//! | `mod.rs`     | [`SqlTier`]'s [`DurableTier`] implementation: reads, ranges, states,   |
+//! | `mod.rs`     | [`SqlTier`]'s role traits (`crate::tier`): reads, ranges, states,      |
 //! |              | search candidates, Merkle digests, repair marks                        |
 //! | `conn.rs`    | opening it: the pool, the first connection, migrations                 |
 //! | `write.rs`   | the batch transaction (the numbered steps every batch goes through)    |
