@@ -25,7 +25,8 @@
 //!    N / (median t_with − median t_without). Ceilings, on the bench's own connection, for the
 //!    same items in MULTI/EXEC pipelines of 1000 (commands built before the clock starts):
 //!    `raw`: HSET (plain) / JSON.SET (stack) of the same shape plus SADD to the state set;
-//!    `lua`: EVALSHA of the engine's `write.lua` with the engine's arguments.
+//!    `lua`: the pipelines the engine itself builds for such a batch (`RedisTier::put_pipelines`:
+//!    `SCRIPT LOAD` + EVALSHA of `write.lua`, the engine's own argument encoding).
 //!    The bench's keys are UNLINKed between runs, so every run inserts into an empty prefix.
 //! 3. **Memory per item.** `INFO memory` `used_memory` before and after an engine writes
 //!    `MEMORY_ITEMS` items (submit, flush), divided by the item count; the state set is part of
@@ -46,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 use redis::Value;
+use sync_engine::tier::redis::RedisTier;
 use sync_engine::{ContentType, SyncEngine, SyncEngineConfig, SyncItem};
 use tokio::sync::watch;
 
@@ -60,8 +62,7 @@ const BATCH: usize = 1000;
 /// Untimed reads of absent ids before each timed read round (connections, scripts, SQLite).
 const WARMUP_READS: usize = 50;
 
-const READ_LUA: &str = include_str!("../src/tier/lua/read.lua");
-const WRITE_LUA: &str = include_str!("../src/tier/lua/write.lua");
+const READ_LUA: &str = include_str!("../src/tier/redis/lua/read.lua");
 
 /// Sizes of one run: full under `cargo bench`, tiny as a smoke test.
 #[derive(Clone, Copy)]
@@ -526,43 +527,37 @@ struct WriteResult {
     lua: Vec<f64>,
 }
 
-/// MULTI/EXEC pipelines of `BATCH` commands writing `items` under `prefix` the way the bench's
-/// ceilings do: `lua` = EVALSHA write.lua as the engine calls it; otherwise HSET / JSON.SET of
-/// the same shape plus SADD to the state set.
+/// MULTI/EXEC pipelines of `BATCH` writes of `items` under `prefix`. `lua`: exactly what the
+/// engine sends for a flushed batch of them (`RedisTier::put_pipelines`: `SCRIPT LOAD` and one
+/// EVALSHA of write.lua per pipeline, the engine's own argument encoding); otherwise the raw
+/// ceiling, HSET / JSON.SET of the same shape plus SADD to the state set.
 fn ceiling_pipelines(
     target: &Target,
     prefix: &str,
     items: &[SyncItem],
     lua: bool,
 ) -> Vec<redis::Pipeline> {
+    if lua {
+        let tier = RedisTier::new(&target.url, prefix).expect("a Redis URL");
+        return items
+            .chunks(BATCH)
+            .flat_map(|chunk| tier.put_pipelines(chunk, target.json_module))
+            .collect();
+    }
     let sets = {
         let mut key = prefix.as_bytes().to_vec();
         key.extend_from_slice(b"\xffstate:");
         key
     };
-    let write_sha = redis::Script::new(WRITE_LUA).get_hash().to_string();
     let version = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64;
-    let mirrors = {
-        let mut key = prefix.as_bytes().to_vec();
-        key.extend_from_slice(b"\xffmerkle:");
-        key
-    };
     items
         .chunks(BATCH)
         .map(|chunk| {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            if lua {
-                // one call per chunk, as the engine makes it (see write.lua for the layout)
-                let command = pipe.cmd("EVALSHA").arg(&write_sha).arg(chunk.len());
-                for item in chunk {
-                    command.arg(format!("{prefix}{}", item.id()));
-                }
-                command.arg(&sets).arg(&mirrors);
-            }
             for item in chunk {
                 let key = format!("{prefix}{}", item.id());
                 let text = std::str::from_utf8(item.content()).expect("JSON is UTF-8");
@@ -575,55 +570,26 @@ fn ceiling_pipelines(
                         quote(text),
                     )
                 });
-                if lua {
-                    let leaf = sync_engine::merkle::leaf(item.id(), item.content_hash());
-                    let membership = format!("{:02x}{}local", leaf[0], hex::encode(leaf));
-                    pipe.arg(item.id());
-                    match &document {
-                        Some(doc) => pipe
-                            .arg("json")
-                            .arg(&membership)
-                            .arg(0)
-                            .arg(item.state())
-                            .arg(doc)
-                            .arg("")
-                            .arg("")
-                            .arg(""),
-                        None => pipe
-                            .arg("hash")
-                            .arg(&membership)
-                            .arg(0)
-                            .arg(item.state())
-                            .arg(item.content())
-                            .arg(item.content_hash())
-                            .arg(version)
-                            .arg("json"),
-                    };
-                } else {
-                    match &document {
-                        Some(doc) => pipe.cmd("JSON.SET").arg(&key).arg("$").arg(doc),
-                        None => pipe
-                            .cmd("HSET")
-                            .arg(&key)
-                            .arg("payload")
-                            .arg(item.content())
-                            .arg("hash")
-                            .arg(item.content_hash())
-                            .arg("state")
-                            .arg(item.state())
-                            .arg("version")
-                            .arg(version)
-                            .arg("type")
-                            .arg("json"),
-                    }
-                    .ignore();
-                    let mut set = sets.clone();
-                    set.extend_from_slice(item.state().as_bytes());
-                    pipe.cmd("SADD").arg(set).arg(item.id()).ignore();
+                match &document {
+                    Some(doc) => pipe.cmd("JSON.SET").arg(&key).arg("$").arg(doc),
+                    None => pipe
+                        .cmd("HSET")
+                        .arg(&key)
+                        .arg("payload")
+                        .arg(item.content())
+                        .arg("hash")
+                        .arg(item.content_hash())
+                        .arg("state")
+                        .arg(item.state())
+                        .arg("version")
+                        .arg(version)
+                        .arg("type")
+                        .arg("json"),
                 }
-            }
-            if lua {
-                pipe.ignore();
+                .ignore();
+                let mut set = sets.clone();
+                set.extend_from_slice(item.state().as_bytes());
+                pipe.cmd("SADD").arg(set).arg(item.id()).ignore();
             }
             pipe
         })
@@ -632,14 +598,6 @@ fn ceiling_pipelines(
 
 async fn run_ceiling(target: &Target, prefix: &str, n: usize, lua: bool) -> f64 {
     let mut conn = target.conn.clone();
-    if lua {
-        let _: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(WRITE_LUA)
-            .query_async(&mut conn)
-            .await
-            .expect("SCRIPT LOAD");
-    }
     let pipes = ceiling_pipelines(target, prefix, &json_items(n), lua);
     let start = Instant::now();
     for pipe in &pipes {

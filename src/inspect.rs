@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::config::SyncEngineConfig;
 use crate::error::{Result, SyncError};
 use crate::item::{content_hash, ContentType, SyncItem};
+use crate::tier::cache::Cache;
 use crate::tier::is_partition;
 use crate::tier::redis::RedisTier;
 use crate::tier::sql::lookup::Lookup;

@@ -7,10 +7,10 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`SyncEngine`] (`engine`) | the library API: submit, get, ranges, search, verify; start-up wiring |
+//! | [`SyncEngine`] (`engine`, `engine::start`) | the library API: submit, get, ranges, search, verify; start-up wiring in its own file |
 //! | `writer`, `batch` | the one ordered write path: queue → batch → SQL transaction → Redis → L1 |
 //! | `l1` | pending writes and the cache, bounded by bytes |
-//! | [`tier`] | L3 behind role traits: [`tier::sql`] (the one home of SQL), [`tier::memory`]; L2 [`tier::redis`] |
+//! | [`tier`] | L3 behind role traits: [`tier::sql`] (the one home of SQL), [`tier::memory`]; L2 behind `tier::cache::Cache`: [`tier::redis`] (and an in-memory fake for unit tests) |
 //! | [`filter`] | the cuckoo filter in front of L3 |
 //! | [`merkle`], [`verify`], `repair`, `audit` | state roots, verification, Redis repair, proofs |
 //! | [`search`] | the query model (imports no tier) and the reference matcher |
@@ -31,7 +31,7 @@
 //! | accepted | `Entry` | `batch` | a queued write: one [`tier::Op`] and where it goes (SQL, Redis, TTL) |
 //! | batched | [`tier::Op`] | [`tier`] | one write of a batch as the durable tier sees it; at most one per id |
 //! | committed | [`tier::Applied`] | [`tier`] | what the SQL transaction did with that op (applied, a replay, the row before) |
-//! | cached | `CacheWrite` | [`tier::redis`] | the change Redis gets after the commit (put with TTL, or remove) |
+//! | cached | `CacheWrite` | `tier::cache` | the change Redis gets after the commit (put with TTL, or remove) |
 //! | settled | `Settled` | `l1` | L1 told how the op ended (cache the committed item, or drop the pending one) |
 //! | confirmed | [`sidecar::events::ConfirmedItem`] | [`sidecar::events`] | the record in a confirmation event: offset, id, [`sidecar::events::ConfirmedOp`], outcome |
 //!

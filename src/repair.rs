@@ -15,21 +15,24 @@
 //! rewrites each id from its SQL row (the item with its route and a TTL counted from now, or a
 //! removal when SQL has no row or the item is not routed to Redis) and deletes the marks it
 //! served, unless they were marked again meanwhile. Because the writer runs it in queue order,
-//! a repair never puts back anything older than what a batch wrote after it. At start every
-//! mark is read once into the dirty set, so a restarted process never serves an older value
-//! than SQL from Redis, even before the repair has reached that id.
+//! a repair never puts back anything older than what a batch wrote after it. At start (before
+//! `SyncEngine::start` returns) every mark is read once into the dirty set, so a restarted
+//! process never serves an older value than SQL from Redis, even before the repair has
+//! reached that id.
 //!
 //! A write routed to Redis only has no SQL row to repair from: the writer retries it until
 //! Redis takes it (see `Writer::flush`), then clears any mark of its id, which would otherwise
 //! make a later repair remove it.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::item::SyncItem;
-use crate::tier::redis::{CacheWrite, RedisTier};
-use crate::tier::{DurableTier, RepairMark};
+use crate::tier::cache::{Cache, CacheWrite};
+use crate::tier::{DurableStore, RepairMark, RepairMarks};
 
 /// Marks rewritten per step.
 const PAGE: usize = 500;
@@ -43,7 +46,33 @@ const AGAIN: Duration = Duration::from_millis(500);
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
+/// The ids whose cached copy may be wrong until a repair rewrites them: reads skip the cache
+/// for them. Shared by the writer (which marks and clears) and the engine's reads.
+#[derive(Default)]
+pub(crate) struct Dirty(Mutex<HashSet<String>>);
+
+impl Dirty {
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.0.lock().expect("lock").contains(id)
+    }
+
+    fn mark<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        self.0
+            .lock()
+            .expect("lock")
+            .extend(ids.into_iter().map(str::to_string));
+    }
+
+    fn clear<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut dirty = self.0.lock().expect("lock");
+        for id in ids {
+            dirty.remove(id);
+        }
+    }
+}
+
 pub(crate) struct Repairs {
+    dirty: Arc<Dirty>,
     next: Instant,
     /// Every mark has been read into the dirty set once.
     loaded: bool,
@@ -54,8 +83,9 @@ pub(crate) struct Repairs {
 }
 
 impl Repairs {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(dirty: Arc<Dirty>) -> Self {
         Repairs {
+            dirty,
             next: Instant::now(),
             loaded: false,
             after: None,
@@ -69,11 +99,11 @@ impl Repairs {
     }
 
     /// Records `ids` as possibly wrong in Redis: dirty now, and in SQL (retried until it is).
-    pub(crate) async fn mark(&mut self, tier: &dyn DurableTier, redis: &RedisTier, ids: &[&str]) {
+    pub(crate) async fn mark(&mut self, tier: &(impl RepairMarks + ?Sized), ids: &[&str]) {
         if ids.is_empty() {
             return;
         }
-        redis.mark_dirty(ids.iter().copied());
+        self.dirty.mark(ids.iter().copied());
         let mut delay = FIRST_RETRY;
         while let Err(e) = tier.mark_redis_repairs(ids).await {
             warn!(error = %e, ids = ids.len(), retry_in = ?delay,
@@ -85,24 +115,38 @@ impl Repairs {
     }
 
     /// `ids` were just written to Redis by cache-only writes, which no repair may undo.
-    pub(crate) fn settle<'a>(&mut self, redis: &RedisTier, ids: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn settle<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) {
         for id in ids {
-            if redis.is_dirty(id) {
-                redis.clear_dirty([id]);
+            if self.dirty.contains(id) {
+                self.dirty.clear([id]);
                 self.settled.push(id.to_string());
             }
         }
     }
 
+    /// Reads every mark into the dirty set. The engine calls it before `start` returns, so
+    /// no read of a restarted process can reach a stale cached copy first.
+    pub(crate) async fn load(
+        &mut self,
+        tier: &(impl RepairMarks + ?Sized),
+    ) -> crate::error::Result<()> {
+        load(tier, &self.dirty).await?;
+        self.loaded = true;
+        Ok(())
+    }
+
     /// One step: rewrite a page of marked ids from SQL. Failures leave the marks for later.
-    pub(crate) async fn step(&mut self, tier: &dyn DurableTier, redis: &RedisTier) {
+    pub(crate) async fn step(
+        &mut self,
+        tier: &(impl RepairMarks + DurableStore + ?Sized),
+        redis: &dyn Cache,
+    ) {
         self.next = Instant::now() + AGAIN;
         if !self.loaded {
-            if let Err(e) = load(tier, redis).await {
+            if let Err(e) = self.load(tier).await {
                 warn!(error = %e, "reading the Redis repair marks failed; retrying");
                 return;
             }
-            self.loaded = true;
         }
         if !redis.available() {
             return;
@@ -138,7 +182,7 @@ impl Repairs {
             self.next = Instant::now() + IDLE;
             return;
         }
-        redis.mark_dirty(marks.iter().map(|m| m.id.as_str()));
+        self.dirty.mark(marks.iter().map(|m| m.id.as_str()));
         let ids: Vec<&str> = marks.iter().map(|m| m.id.as_str()).collect();
         let rows = match tier.get_many(&ids).await {
             Ok(rows) => rows,
@@ -155,7 +199,7 @@ impl Repairs {
             warn!(error = %e, "clearing Redis repair marks failed; they are repaired again");
             return;
         }
-        redis.clear_dirty(done.iter().map(|m| m.id.as_str()));
+        self.dirty.clear(done.iter().map(|m| m.id.as_str()));
         info!(repaired = done.len(), "Redis rewritten from SQL");
         if full {
             self.next = Instant::now();
@@ -164,13 +208,13 @@ impl Repairs {
 }
 
 /// Reads every mark into the dirty set.
-async fn load(tier: &dyn DurableTier, redis: &RedisTier) -> crate::error::Result<()> {
+async fn load(tier: &(impl RepairMarks + ?Sized), dirty: &Dirty) -> crate::error::Result<()> {
     let mut after: Option<String> = None;
     let mut count = 0;
     loop {
         let page = tier.redis_repairs(after.as_deref(), LOAD_PAGE).await?;
         count += page.len();
-        redis.mark_dirty(page.iter().map(|m| m.id.as_str()));
+        dirty.mark(page.iter().map(|m| m.id.as_str()));
         match page.last() {
             Some(last) if page.len() == LOAD_PAGE => after = Some(last.id.clone()),
             _ => break,
@@ -189,7 +233,7 @@ async fn load(tier: &dyn DurableTier, redis: &RedisTier) -> crate::error::Result
 /// Redis refuses for what it holds (not for being away) is retried id by id, so one key
 /// Redis cannot take does not hold back the others.
 async fn rewrite(
-    redis: &RedisTier,
+    redis: &dyn Cache,
     marks: &[RepairMark],
     rows: &[Option<SyncItem>],
 ) -> Vec<RepairMark> {
@@ -226,4 +270,124 @@ async fn rewrite(
         }
     }
     done
+}
+
+/// The repair path against an in-memory durable tier and [`MemoryCache`], on a paused clock:
+/// deterministic, and fast enough to cover what the fault tests on real services show slowly.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::config::SyncEngineConfig;
+    use crate::options::{CacheTtl, SubmitOptions};
+    use crate::tier::cache::MemoryCache;
+    use crate::tier::memory::MemoryTier;
+    use crate::tier::{DurableStore, RepairMarks};
+    use crate::{SyncEngine, SyncItem};
+
+    async fn engine(tier: &Arc<MemoryTier>, cache: &Arc<MemoryCache>) -> SyncEngine {
+        let config = SyncEngineConfig::default();
+        let (_tx, rx) = tokio::sync::watch::channel(config.clone());
+        let mut engine = SyncEngine::with_tier(config, rx, tier.clone()).with_cache(cache.clone());
+        engine.start().await.expect("starts");
+        engine
+    }
+
+    fn item(id: &str, n: u32) -> SyncItem {
+        SyncItem::new(id.into(), format!("{{\"n\":{n}}}").into_bytes())
+    }
+
+    /// The content `item(_, v)` has.
+    fn n(v: u32) -> Option<Vec<u8>> {
+        Some(format!("{{\"n\":{v}}}").into_bytes())
+    }
+
+    /// `a` = 1 written everywhere, then `a` = 2 submitted while the cache is away.
+    async fn miss_a_write(engine: &SyncEngine, cache: &MemoryCache) {
+        engine.submit(item("a", 1)).await.unwrap();
+        engine.flush().await.unwrap();
+        assert_eq!(content(cache.peek("a")), n(1));
+        cache.set_away(true);
+        engine.submit(item("a", 2)).await.unwrap();
+    }
+
+    fn content(item: Option<SyncItem>) -> Option<Vec<u8>> {
+        item.map(|i| i.content().to_vec())
+    }
+
+    async fn marks(tier: &MemoryTier) -> Vec<String> {
+        let marks = tier.redis_repairs(None, 100).await.expect("reads marks");
+        marks.into_iter().map(|m| m.id).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_the_cache_missed_is_never_read_from_it_and_is_repaired_on_its_return() {
+        let (tier, cache) = (
+            Arc::new(MemoryTier::new()),
+            Arc::new(MemoryCache::default()),
+        );
+        let engine = engine(&tier, &cache).await;
+        miss_a_write(&engine, &cache).await;
+        engine.flush().await.unwrap();
+        assert_eq!(content(tier.get("a").await.unwrap()), n(2));
+        assert_eq!(content(cache.peek("a")), n(1), "the cache missed it");
+        assert_eq!(marks(&tier).await, ["a"], "the miss is recorded durably");
+
+        // back, before any repair ran (the clock is paused): reads must skip the stale copy
+        cache.set_away(false);
+        engine.clear_l1();
+        assert_eq!(content(engine.get("a").await.unwrap()), n(2));
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(content(cache.peek("a")), n(2), "repaired");
+        assert!(marks(&tier).await.is_empty(), "its mark is cleared");
+        engine.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_engine_never_serves_what_a_mark_says_is_stale() {
+        let (tier, cache) = (
+            Arc::new(MemoryTier::new()),
+            Arc::new(MemoryCache::default()),
+        );
+        let first = engine(&tier, &cache).await;
+        miss_a_write(&first, &cache).await;
+        first.shutdown().await;
+        assert_eq!(marks(&tier).await, ["a"]);
+
+        cache.set_away(false);
+        let second = engine(&tier, &cache).await;
+        // the first read after start, before the writer task ever ran
+        assert_eq!(content(second.get("a").await.unwrap()), n(2));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(content(cache.peek("a")), n(2), "repaired");
+        second.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cache_only_writes_wait_for_the_cache_instead_of_being_dropped() {
+        let (tier, cache) = (
+            Arc::new(MemoryTier::new()),
+            Arc::new(MemoryCache::default()),
+        );
+        let engine = engine(&tier, &cache).await;
+        cache.set_away(true);
+        let options = SubmitOptions::cache(CacheTtl::Hour);
+        engine.submit_with(item("c", 1), options).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(60), engine.flush()).await;
+        assert!(
+            waited.is_err(),
+            "a flush cannot return while the only copy is unwritten"
+        );
+        assert!(engine.write_failure().is_some_and(|f| f.tier == "Redis"));
+
+        cache.set_away(false);
+        engine.flush().await.unwrap();
+        assert_eq!(content(cache.peek("c")), n(1));
+        assert_eq!(tier.get("c").await.unwrap(), None, "never in SQL");
+        assert!(marks(&tier).await.is_empty(), "nothing to repair from");
+        assert!(cache.applied_calls() >= 1);
+        engine.shutdown().await;
+    }
 }

@@ -24,8 +24,9 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::merkle::{leaf, PartitionDigest, StateRoot};
-use crate::tier::redis::{CacheWrite, Probe, RedisTier};
-use crate::tier::{DurableTier, LeafRow};
+use crate::tier::cache::{Cache, CacheWrite};
+use crate::tier::redis::{Probe, RedisTier};
+use crate::tier::{DurableStore, LeafRow, StateRootStore};
 
 /// Rows per page (and ids per Redis pipeline).
 const PAGE: usize = 5_000;
@@ -125,7 +126,7 @@ struct Suspect {
 }
 
 pub(crate) async fn verify(
-    tier: &dyn DurableTier,
+    tier: &(impl StateRootStore + DurableStore + ?Sized),
     redis: Option<&RedisTier>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport> {
@@ -298,7 +299,7 @@ fn redis_fault(row: &LeafRow, probe: Option<&Probe>) -> Option<Kind> {
 }
 
 pub(crate) async fn repair(
-    tier: &dyn DurableTier,
+    tier: &(impl StateRootStore + DurableStore + ?Sized),
     redis: Option<&RedisTier>,
     report: &VerifyReport,
 ) -> Result<RepairSummary> {
@@ -395,7 +396,7 @@ impl Recomputed {
     }
 
     /// A pass over every row.
-    async fn scan(tier: &dyn DurableTier) -> Result<Recomputed> {
+    async fn scan(tier: &(impl StateRootStore + ?Sized)) -> Result<Recomputed> {
         let mut recomputed = Recomputed::default();
         let mut after: Option<String> = None;
         loop {

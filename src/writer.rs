@@ -35,7 +35,7 @@ use crate::filter::{L3Filter, Rebuild};
 use crate::item::SyncItem;
 use crate::l1::{Settled, Stamp, L1};
 use crate::repair::Repairs;
-use crate::tier::redis::{CacheWrite, RedisTier};
+use crate::tier::cache::{Cache, CacheWrite};
 use crate::tier::{DurableTier, Op};
 
 pub(crate) enum Command {
@@ -81,7 +81,8 @@ impl Range {
 pub(crate) struct Writer {
     pub queue: mpsc::UnboundedReceiver<Command>,
     pub tier: Arc<dyn DurableTier>,
-    pub redis: Option<Arc<RedisTier>>,
+    /// L2 (Redis), written after each commit.
+    pub cache: Option<Arc<dyn Cache>>,
     pub l1: Arc<L1>,
     pub filter: Option<Arc<L3Filter>>,
     /// For the filter's rebuild task to hand its result back without keeping the queue open.
@@ -136,9 +137,9 @@ impl Writer {
         let mut batch = Batch::default();
         loop {
             self.rebuild_filter_if_due();
-            if let Some(redis) = &self.redis {
+            if let Some(redis) = &self.cache {
                 if Instant::now() >= self.repairs.next() {
-                    self.repairs.step(&*self.tier, redis).await;
+                    self.repairs.step(&*self.tier, &**redis).await;
                 }
             }
             let limits = Limits::from(&*self.config.borrow());
@@ -147,7 +148,7 @@ impl Writer {
                 self.flush(&mut batch).await;
                 continue;
             }
-            let repairs = self.redis.as_ref().map(|_| self.repairs.next());
+            let repairs = self.cache.as_ref().map(|_| self.repairs.next());
             let command = match deadline.into_iter().chain(repairs).min() {
                 None => self.queue.recv().await,
                 Some(wake) => tokio::select! {
@@ -221,12 +222,12 @@ impl Writer {
         let deleted: Result<Vec<String>> =
             deleted.map(|removed| removed.into_iter().map(|r| r.id).collect());
         self.forget(&deleted);
-        if let (Ok(ids), Some(redis)) = (&deleted, &self.redis) {
+        if let (Ok(ids), Some(redis)) = (&deleted, &self.cache) {
             let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
             if let Err(e) = redis.write(&writes).await {
                 warn!(error = %e, items = ids.len(), "Redis write failed; those ids are repaired from SQL");
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                self.repairs.mark(&*self.tier, redis, &ids).await;
+                self.repairs.mark(&*self.tier, &ids).await;
             }
             let cache_only = match range {
                 Range::Prefix(prefix) => redis.remove_prefix(prefix).await,
@@ -301,7 +302,7 @@ impl Writer {
     /// Writes a promoted item to Redis if it is still current: no commit since it was read
     /// (the L1 epoch is unchanged) and no newer op pending for it.
     async fn promote(&self, item: &SyncItem, epoch: u64) {
-        let Some(redis) = &self.redis else { return };
+        let Some(redis) = &self.cache else { return };
         if self.l1.epoch() != epoch || self.l1.has_pending(item.id()) {
             return;
         }
@@ -321,12 +322,12 @@ impl Writer {
     async fn set_state(&mut self, id: &str, state: &str, version: u64) -> Result<bool> {
         let in_l3 = self.tier.set_state(id, state, version).await?;
         let mut in_redis = false;
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = &self.cache {
             match redis.restate(id, state, version).await {
                 Ok(found) => in_redis = found,
                 Err(e) => {
                     warn!(error = %e, id, "Redis set_state failed; the id is repaired from SQL");
-                    self.repairs.mark(&*self.tier, redis, &[id]).await;
+                    self.repairs.mark(&*self.tier, &[id]).await;
                 }
             }
         }
@@ -344,10 +345,10 @@ impl Writer {
         let (durable, cache_only): (Vec<&Entry>, Vec<&Entry>) = entries.iter().partition(|e| e.sql);
         let ops: Vec<Op> = durable.iter().map(|e| e.op.clone()).collect();
         // Redis is known to be away: record the repairs first and leave Redis alone
-        let redis_away = self.redis.as_ref().is_some_and(|r| !r.available());
-        if let (true, Some(redis)) = (redis_away, &self.redis) {
+        let redis_away = self.cache.as_ref().is_some_and(|r| !r.available());
+        if redis_away {
             let ids: Vec<&str> = ops.iter().map(Op::id).collect();
-            self.repairs.mark(&*self.tier, redis, &ids).await;
+            self.repairs.mark(&*self.tier, &ids).await;
         }
         self.batch_records.record(entries.len() as f64);
         let mut delay = FIRST_RETRY;
@@ -394,7 +395,7 @@ impl Writer {
             .chain(cache_only.iter().map(|e| (*e, true)))
             .collect();
 
-        if let Some(redis) = self.redis.clone() {
+        if let Some(redis) = self.cache.clone() {
             // a replay of exactly what SQL holds is written again: the crash it follows may
             // have come between the commit and the Redis write
             let durable_writes: Vec<CacheWrite> = durable
@@ -404,7 +405,7 @@ impl Writer {
                 .map(|(entry, _)| cache_write(entry))
                 .collect();
             let cache_writes: Vec<CacheWrite> = cache_only.iter().map(|e| cache_write(e)).collect();
-            self.write_redis(&redis, redis_away, durable_writes, cache_writes)
+            self.write_redis(&*redis, redis_away, durable_writes, cache_writes)
                 .await;
         }
 
@@ -428,7 +429,7 @@ impl Writer {
     /// repair, are retried until Redis takes them.
     async fn write_redis(
         &mut self,
-        redis: &RedisTier,
+        redis: &dyn Cache,
         skip_durable: bool,
         durable: Vec<CacheWrite<'_>>,
         cache_only: Vec<CacheWrite<'_>>,
@@ -442,7 +443,7 @@ impl Writer {
                 Ok(()) => cache_pending = false,
                 Err(e) => {
                     warn!(error = %e, items = ids.len(), "Redis write failed; those ids are repaired from SQL");
-                    self.repairs.mark(&*self.tier, redis, &ids).await;
+                    self.repairs.mark(&*self.tier, &ids).await;
                 }
             }
         }
@@ -464,8 +465,7 @@ impl Writer {
                 }
             }
         }
-        self.repairs
-            .settle(redis, cache_only.iter().map(CacheWrite::id));
+        self.repairs.settle(cache_only.iter().map(CacheWrite::id));
     }
 }
 

@@ -2,7 +2,8 @@
 //! the clock), [`RangeStore`] (prefixes and states), [`SearchCandidates`], [`StateRootStore`]
 //! (Merkle digests and the rows `verify` reads) and [`RepairMarks`] — whose sum is
 //! [`DurableTier`], with a SQL implementation (MySQL/MariaDB and SQLite, [`sql`]) and an
-//! in-memory one for fast tests ([`memory`]). L2 (Redis) is [`redis`].
+//! in-memory one for fast tests ([`memory`]). L2 is a smaller role, `cache::Cache` (writes of
+//! whole items, point reads, states, range removals), implemented by Redis ([`redis`]).
 //!
 //! Every write carries a source and a version, and replaying an old write is a no-op, so state
 //! never goes backwards. What "old" means depends on the source (see [`decide`]):
@@ -23,6 +24,7 @@ use crate::error::Result;
 use crate::item::{SyncItem, LOCAL_SOURCE};
 use crate::merkle::{Delta, PartitionDigest};
 
+pub(crate) mod cache;
 pub mod memory;
 pub mod redis;
 pub mod sql;

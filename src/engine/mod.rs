@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::batch::Entry;
 use crate::config::SyncEngineConfig;
@@ -23,13 +23,15 @@ use crate::item::{validate_id, validate_state, SyncItem, LOCAL_SOURCE};
 use crate::l1::{L1Stats, Lookup, Pending, L1};
 use crate::merkle::{Proof, StateRoot};
 use crate::options::SubmitOptions;
+use crate::repair::Dirty;
 use crate::search::{Query, SearchIndex};
-use crate::tier::memory::MemoryTier;
-use crate::tier::redis::{RedisAccess, RedisTier};
-use crate::tier::sql::SqlTier;
+use crate::tier::cache::Cache;
+use crate::tier::redis::RedisTier;
 use crate::tier::{DurableTier, Op};
 use crate::verify::{RepairSummary, VerifyReport};
-use crate::writer::{Command, Failures, Horizons, Range, WriteFailure, Writer};
+use crate::writer::{Command, Failures, Horizons, Range, WriteFailure};
+
+mod start;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineState {
@@ -93,6 +95,11 @@ pub struct SyncEngine {
     config_rx: watch::Receiver<SyncEngineConfig>,
     l1: Arc<L1>,
     tier: Option<Arc<dyn DurableTier>>,
+    /// L2 as reads and the writer see it (Redis, or a fake in unit tests).
+    cache: Option<Arc<dyn Cache>>,
+    /// The ids reads must not take from the cache (see `crate::repair`).
+    dirty: Arc<Dirty>,
+    /// The same Redis as `cache`, for what only Redis does: search, verify, state sets.
     redis: Option<Arc<RedisTier>>,
     filter: Option<Arc<L3Filter>>,
     sequencer: Mutex<Sequencer>,
@@ -118,6 +125,8 @@ impl SyncEngine {
             config_rx,
             l1,
             tier: None,
+            cache: None,
+            dirty: Arc::default(),
             redis: None,
             filter: None,
             sequencer: Mutex::new(Sequencer {
@@ -132,7 +141,7 @@ impl SyncEngine {
         }
     }
 
-    /// An engine over a tier you built (e.g. [`MemoryTier`] in tests) instead of `sql_url`.
+    /// An engine over a tier you built (e.g. [`MemoryTier`](crate::tier::memory::MemoryTier) in tests) instead of `sql_url`.
     pub fn with_tier(
         config: SyncEngineConfig,
         config_rx: watch::Receiver<SyncEngineConfig>,
@@ -143,104 +152,12 @@ impl SyncEngine {
         engine
     }
 
-    /// Connects the durable tier (applying migrations) and starts the writer.
-    pub async fn start(&mut self) -> Result<()> {
-        if *self.state.borrow() != EngineState::Created {
-            return Err(SyncError::Config("start() may be called once".into()));
-        }
-        self.config.validate()?;
-        let tier: Arc<dyn DurableTier> = match (&self.tier, &self.config.sql_url) {
-            (Some(tier), _) => tier.clone(),
-            (None, Some(url)) => {
-                let mut sql =
-                    SqlTier::connect_with_password(url, self.config.sql_password.as_deref())
-                        .await?;
-                info!(backend = sql.backend(), "L3 connected, migrations applied");
-                if !self.config.merkle {
-                    warn!("merkle = false: state roots are not maintained");
-                    sql = sql.without_merkle();
-                }
-                Arc::new(sql)
-            }
-            (None, None) => {
-                warn!("no sql_url: L3 is in memory and nothing survives this process");
-                Arc::new(MemoryTier::new())
-            }
-        };
-        if let Some(limit) = tier.payload_limit().filter(|l| *l < self.max_payload_bytes) {
-            warn!(
-                configured = self.max_payload_bytes,
-                limit,
-                "max_payload_bytes lowered to what the SQL server accepts (max_allowed_packet)"
-            );
-            self.max_payload_bytes = limit;
-        }
-        let clock = tier.max_version().await?;
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let redis = match &self.config.redis_url {
-            Some(url) => {
-                let prefix = self.config.redis_prefix.as_deref().unwrap_or_default();
-                let access = RedisAccess {
-                    password: self.config.redis_password.clone(),
-                    ca_file: self.config.redis_ca_file.clone(),
-                    cert_file: self.config.redis_cert_file.clone(),
-                    key_file: self.config.redis_key_file.clone(),
-                };
-                let redis = RedisTier::with_access(url, prefix, &access)
-                    .map_err(|e| SyncError::Config(format!("redis_url: {e}")))?;
-                match redis.connect().await {
-                    Ok(()) => {}
-                    // away: writes and reads go on without it, and it is repaired on return
-                    Err(e)
-                        if url.starts_with("rediss:")
-                            && crate::tier::redis::answers_plaintext(url).await =>
-                    {
-                        return Err(SyncError::Config(format!(
-                            "Redis ({}) answers in plaintext, not TLS: use redis:// or its TLS port ({e})",
-                            crate::config::redacted(url)
-                        )))
-                    }
-                    Err(e) if crate::tier::redis::is_connection_error(&e) => {
-                        warn!(error = %e, "L2 Redis unreachable at start; writes and reads go on without it")
-                    }
-                    // it answered, and refused us (password, ACL, TLS): an operator must act
-                    Err(e) => {
-                        return Err(SyncError::Config(format!(
-                            "Redis ({}) refused the connection: {e}",
-                            crate::config::redacted(url)
-                        )))
-                    }
-                }
-                Some(Arc::new(redis))
-            }
-            None => None,
-        };
-        let filter = self.config.l3_filter.then(|| Arc::new(L3Filter::new(1024)));
-        let writer = Writer {
-            queue_handle: queue.downgrade(),
-            filter: filter.clone(),
-            rebuilding: false,
-            queue: receiver,
-            tier: tier.clone(),
-            redis: redis.clone(),
-            l1: self.l1.clone(),
-            config: self.config_rx.clone(),
-            horizons: self.horizons.clone(),
-            repairs: crate::repair::Repairs::new(),
-            failure: self.failure.clone(),
-            failure_reported: None,
-            batch_records: metrics::histogram!(crate::writer::BATCH_RECORDS),
-        };
-        *self.writer.lock().expect("writer lock") = Some(tokio::spawn(writer.run()));
-        *self.sequencer.lock().expect("sequencer lock") = Sequencer {
-            clock,
-            queue: Some(queue),
-        };
-        self.tier = Some(tier);
-        self.redis = redis;
-        self.filter = filter;
-        self.state.send_replace(EngineState::Running);
-        Ok(())
+    /// The engine with `cache` as its L2 instead of a Redis from `redis_url` (unit tests of
+    /// the write and repair paths, with `MemoryCache`).
+    #[cfg(test)]
+    pub(crate) fn with_cache(mut self, cache: Arc<dyn Cache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Stops accepting writes, makes everything accepted durable, and stops the writer.
@@ -395,8 +312,8 @@ impl SyncEngine {
             Lookup::Unknown => {}
         }
         let epoch = self.l1.epoch();
-        if let Some(redis) = &self.redis {
-            match redis.get(id).await {
+        if let Some(cache) = self.cache.as_ref().filter(|_| !self.dirty.contains(id)) {
+            match cache.get(id).await {
                 Ok(Some((item, ttl))) => {
                     self.l1.warm(item.clone(), ttl, epoch);
                     return Ok(Some(item));
@@ -734,7 +651,7 @@ impl SyncEngine {
         if self.pressure() < BackpressureLevel::Critical {
             self.l1.warm(item.clone(), None, epoch);
         }
-        if self.redis.is_some() && item.redis_ttl_ms().is_some() {
+        if self.cache.is_some() && item.redis_ttl_ms().is_some() {
             let promote = Command::Promote {
                 item: Arc::new(item.clone()),
                 epoch,
