@@ -1,6 +1,6 @@
 //! L2 as the write and read paths see it: [`Cache`], a cache of whole items by id, written
 //! after SQL commits and read before SQL. [`RedisTier`](super::redis::RedisTier) is the
-//! implementation; [`MemoryCache`] (unit tests only) is an in-memory fake that can be sent
+//! implementation; `MemoryCache` (unit tests only) is an in-memory fake that can be sent
 //! away and brought back, so the writer's repair logic is tested without a Redis server.
 //!
 //! The role is small on purpose. The writer needs to apply a batch's writes, change a state,

@@ -3,7 +3,7 @@
 //! One batch = one transaction:
 //! 1. read (and on MySQL lock) the stored version and source of every id in the batch, live or
 //!    tombstone, and the progress of every sidecar partition in it;
-//! 2. keep the ops that are not replays ([`super::decide`]); the rest change nothing;
+//! 2. keep the ops that are not replays ([`crate::tier::decide`]); the rest change nothing;
 //! 3. upsert the puts (chunked by rows and bytes), delete + tombstone the deletes;
 //! 4. move the Merkle digests of the touched partitions (`merkle_delta`), under row locks;
 //! 5. record the highest version per source (a partition's progress);
