@@ -240,17 +240,7 @@ async fn rewrite(
     let writes: Vec<CacheWrite> = marks
         .iter()
         .zip(rows)
-        .map(|(mark, row)| match row {
-            Some(item) if item.redis_ttl_ms().is_some() => CacheWrite::Put {
-                item,
-                ttl: item
-                    .redis_ttl_ms()
-                    .filter(|ms| *ms > 0)
-                    .map(Duration::from_millis),
-                mirrored: true,
-            },
-            _ => CacheWrite::Remove { id: &mark.id },
-        })
+        .map(|(mark, row)| CacheWrite::from_row(&mark.id, row.as_ref()))
         .collect();
     match redis.write(&writes).await {
         Ok(()) => return marks.to_vec(),
@@ -286,6 +276,10 @@ mod tests {
     use crate::tier::{DurableStore, RepairMarks};
     use crate::{SyncEngine, SyncItem};
 
+    fn stores() -> (Arc<MemoryTier>, Arc<MemoryCache>) {
+        (Arc::default(), Arc::default())
+    }
+
     async fn engine(tier: &Arc<MemoryTier>, cache: &Arc<MemoryCache>) -> SyncEngine {
         let config = SyncEngineConfig::default();
         let (_tx, rx) = tokio::sync::watch::channel(config.clone());
@@ -312,6 +306,13 @@ mod tests {
         engine.submit(item("a", 2)).await.unwrap();
     }
 
+    /// Within two (paused-clock) seconds the repair puts `a` = 2 back and clears its mark.
+    async fn repaired(tier: &MemoryTier, cache: &MemoryCache) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(content(cache.peek("a")), n(2), "repaired");
+        assert!(marks(tier).await.is_empty(), "its mark is cleared");
+    }
+
     fn content(item: Option<SyncItem>) -> Option<Vec<u8>> {
         item.map(|i| i.content().to_vec())
     }
@@ -323,10 +324,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_the_cache_missed_is_never_read_from_it_and_is_repaired_on_its_return() {
-        let (tier, cache) = (
-            Arc::new(MemoryTier::new()),
-            Arc::new(MemoryCache::default()),
-        );
+        let (tier, cache) = stores();
         let engine = engine(&tier, &cache).await;
         miss_a_write(&engine, &cache).await;
         engine.flush().await.unwrap();
@@ -339,18 +337,13 @@ mod tests {
         engine.clear_l1();
         assert_eq!(content(engine.get("a").await.unwrap()), n(2));
 
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(content(cache.peek("a")), n(2), "repaired");
-        assert!(marks(&tier).await.is_empty(), "its mark is cleared");
+        repaired(&tier, &cache).await;
         engine.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_restarted_engine_never_serves_what_a_mark_says_is_stale() {
-        let (tier, cache) = (
-            Arc::new(MemoryTier::new()),
-            Arc::new(MemoryCache::default()),
-        );
+        let (tier, cache) = stores();
         let first = engine(&tier, &cache).await;
         miss_a_write(&first, &cache).await;
         first.shutdown().await;
@@ -360,17 +353,13 @@ mod tests {
         let second = engine(&tier, &cache).await;
         // the first read after start, before the writer task ever ran
         assert_eq!(content(second.get("a").await.unwrap()), n(2));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(content(cache.peek("a")), n(2), "repaired");
+        repaired(&tier, &cache).await;
         second.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn cache_only_writes_wait_for_the_cache_instead_of_being_dropped() {
-        let (tier, cache) = (
-            Arc::new(MemoryTier::new()),
-            Arc::new(MemoryCache::default()),
-        );
+        let (tier, cache) = stores();
         let engine = engine(&tier, &cache).await;
         cache.set_away(true);
         let options = SubmitOptions::cache(CacheTtl::Hour);

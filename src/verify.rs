@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -321,17 +320,7 @@ pub(crate) async fn repair(
         let writes: Vec<CacheWrite> = ids
             .iter()
             .zip(&items)
-            .map(|(id, item)| match item {
-                Some(item) if item.redis_ttl_ms().is_some() => CacheWrite::Put {
-                    item,
-                    ttl: item
-                        .redis_ttl_ms()
-                        .filter(|ms| *ms > 0)
-                        .map(Duration::from_millis),
-                    mirrored: true,
-                },
-                _ => CacheWrite::Remove { id },
-            })
+            .map(|(id, item)| CacheWrite::from_row(id, item.as_ref()))
             .collect();
         for w in &writes {
             match w {

@@ -33,7 +33,24 @@ pub(crate) enum CacheWrite<'a> {
     Remove { id: &'a str },
 }
 
-impl CacheWrite<'_> {
+impl<'a> CacheWrite<'a> {
+    /// What the cache must hold for `id` when SQL holds `row`: the item, with the TTL its
+    /// route gives counted from now; or nothing, when SQL has no row or the item is not
+    /// routed to the cache. Repairs and `verify --repair` rewrite the cache from this.
+    pub(crate) fn from_row(id: &'a str, row: Option<&'a SyncItem>) -> Self {
+        match row {
+            Some(item) if item.redis_ttl_ms().is_some() => CacheWrite::Put {
+                item,
+                ttl: item
+                    .redis_ttl_ms()
+                    .filter(|ms| *ms > 0)
+                    .map(Duration::from_millis),
+                mirrored: true,
+            },
+            _ => CacheWrite::Remove { id },
+        }
+    }
+
     pub(crate) fn id(&self) -> &str {
         match self {
             CacheWrite::Put { item, .. } => item.id(),
