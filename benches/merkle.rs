@@ -4,7 +4,8 @@
 //! 1. **Sidecar throughput, `merkle = true` vs `merkle = false`.** The real `sync-engine run`
 //!    process (`env!("CARGO_BIN_EXE_sync-engine")`, an optimized binary under `cargo bench`)
 //!    against the Kafka-protocol broker, MariaDB and Redis, with the pipeline of
-//!    `benches/sidecar.rs` (both start it with `benches/common/sidecar.rs`:
+//!    `benches/sidecar.rs` (both start it with `benches/common/sidecar.rs`, on the tests'
+//!    harness `tests/common/kafka.rs`:
 //!    `batch_flush_ms = 100`, `batch_flush_count = 1000`,
 //!    `batch_flush_bytes = 1 MiB`, `l3_filter = false`, `session.timeout.ms = 6000`) plus the
 //!    `merkle` key. N records (1 KiB JSON from `benches/common/payload.rs`, distinct ids, 4
@@ -54,14 +55,20 @@
 mod payload;
 use payload::{payload, ITEM_BYTES};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Backend;
+#[path = "../tests/common/kafka.rs"]
+mod kafka;
 #[path = "common/sidecar.rs"]
 #[allow(dead_code)] // shared with benches/sidecar.rs, which prints more of it
 mod sidecar;
 use sidecar::{
-    cores, list, loadavg, machine_line, median, produce_all, producer, Backlog, ConfirmationReader,
-    Env, Pipe, Process, DEFAULT_TUNING, PARTITIONS, SIDECAR,
+    cores, list, loadavg, machine_line, median, produce_all, record, stop, Backlog,
+    ConfirmationReader, Env, Pipe, DEFAULT_TUNING, PARTITIONS, SIDECAR,
 };
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};
@@ -154,7 +161,7 @@ async fn throughput_run(
 ) -> ThroughputRun {
     let label = format!("{}{run}", if index == 0 { "a" } else { "b" });
     let pipe = Pipe::new(env, &label, Some(input)).await;
-    let reader = ConfirmationReader::start(env, &pipe.output(env));
+    let reader = ConfirmationReader::start(&pipe.pipeline);
     let start = Instant::now();
     let mut sidecar = pipe.start_binary(
         env,
@@ -165,7 +172,7 @@ async fn throughput_run(
     let backlog = reader
         .all_confirmed(env, &label, &mut sidecar, start, n)
         .await;
-    if !sidecar.stop().success() {
+    if !stop(&mut sidecar).success() {
         println!(
             "      WARNING {label}: unclean exit; log:\n{}",
             sidecar.log()
@@ -291,12 +298,24 @@ async fn verify_bench(env: &Env, rows: usize) -> VerifyBench {
     runs.push(timed_verify(&with_redis, "with Redis", rows).await);
     with_redis.shutdown().await;
 
-    let pipeline = env.pipeline("verify", &db, &prefix, "", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = dir.path().join("verify.toml");
+    let stores = env.stores(&prefix);
+    let text = format!(
+        "sql_url = \"{}/{db}\"\n{stores}[kafka]\nbrokers = \"{}\"\n",
+        env.server, env.brokers
+    );
+    std::fs::write(&pipeline, text).expect("write the pipeline file");
     let start = Instant::now();
-    let mut process = Process::spawn_binary(env, "verify", SIDECAR, &["verify"], &pipeline);
-    let ok = process.wait(Duration::from_secs(1800)).success();
+    let ran = Command::new(SIDECAR)
+        .args(["verify", "--pipeline"])
+        .arg(&pipeline)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run sync-engine verify");
     let wall = start.elapsed().as_secs_f64();
-    let log = process.log();
+    let ok = ran.status.success();
+    let log = String::from_utf8_lossy(&ran.stdout) + String::from_utf8_lossy(&ran.stderr);
     // "verified N rows in X s (Y rows/s)"
     let own: Option<f64> = log.lines().find_map(|l| {
         let rest = l.split_once("verified ")?.1.split_once(" rows in ")?.1;
@@ -334,12 +353,13 @@ async fn bench(env: &Env, sizes: Sizes) {
         sizes.pairs, sizes.verify_rows
     );
 
-    // 1. throughput, interleaved on/off on one pre-produced input topic
-    let input = env.topic("in");
-    env.create_topics(std::slice::from_ref(&input)).await;
+    // 1. throughput, interleaved on/off on one pre-produced input topic: that of a pipeline
+    // no sidecar runs on (so its SQL side is never opened)
+    let source = env.pipeline("source", Backend::sqlite()).await;
+    let input = source.topic("in");
     let t = Instant::now();
-    let records = (0..n as u64).map(|i| (format!("item.{i:08}"), payload(i)));
-    produce_all(&producer(&env.brokers), &input, records).await;
+    let records = (0..n as u64).map(|i| record(format!("item.{i:08}"), payload(i)));
+    produce_all(&source.producer(), records).await;
     println!(
         "  produced {n} records in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -351,7 +371,7 @@ async fn bench(env: &Env, sizes: Sizes) {
             runs.push(throughput_run(env, &input, pair, variant, n).await);
         }
     }
-    env.delete_topics(&[input]).await;
+    env.delete_topics_of(&source).await;
 
     // 2. verify
     let comparing = std::env::var(BASELINE_ENV).is_ok();

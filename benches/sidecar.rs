@@ -26,10 +26,11 @@
 //!    group has joined); then records are produced at a steady rate (half the median
 //!    throughput) for `latency_secs`. Each send is stamped with `Instant::now()` when it is
 //!    handed to the producer, and keyed by the (partition, offset) of its delivery report;
-//!    the reader stamps the arrival of each confirmation. Latency = confirmation arrival −
-//!    send; p50/p90/p99/max over every record of the steady phase. The confirmation
-//!    reader uses `fetch.wait.max.ms = 20`. Runs with `batch_flush_ms = 100`, `20`, and `20`
-//!    with the sidecar's consumer at `fetch.wait.max.ms = 10` (librdkafka's default is 500).
+//!    the reader stamps each read of the output topic (what a read returns arrived then).
+//!    Latency = confirmation arrival − send; p50/p90/p99/max over every record of the steady
+//!    phase. The confirmation reader uses `fetch.wait.max.ms = 20`. Runs with
+//!    `batch_flush_ms = 100`, `20`, and `20` with the sidecar's consumer at
+//!    `fetch.wait.max.ms = 10` (librdkafka's default is 500).
 //! 3. **Raw ceiling.** The same rows written by the bench itself: per 1000 rows, one
 //!    MariaDB transaction of two 500-row `INSERT`s of the `sync_items` columns (table from
 //!    `schemas/sql/mysql/*.sql`, in a database of its own), then one Redis pipeline of 1000
@@ -70,11 +71,16 @@
 mod payload;
 use payload::{payload, ITEM_BYTES};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/kafka.rs"]
+mod kafka;
 #[path = "common/sidecar.rs"]
 mod sidecar;
+use kafka::Pipeline;
 use sidecar::{
-    cpu_split, list, loadavg, machine_line, median, produce_all, producer, snapshot, Backlog,
-    ConfirmationReader, CpuSplit, Env, Pipe, Tuning, DEFAULT_TUNING, PARTITIONS, SIDECAR,
+    cpu_split, list, loadavg, machine_line, median, poll, produce_all, record, snapshot, stop,
+    Backlog, ConfirmationReader, CpuSplit, Env, Pipe, Tuning, DEFAULT_TUNING, PARTITIONS, SIDECAR,
 };
 
 use std::collections::HashMap;
@@ -86,7 +92,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::FutureRecord;
 use sqlx::mysql::MySqlConnection;
 use sqlx::Connection;
 use sync_engine::{SyncEngine, SyncEngineConfig, SyncItem};
@@ -142,16 +147,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// How long a plain consumer takes to read `n` records of `topic` from the start.
-fn read_ceiling(env: &Env, topic: &str, n: usize) -> Duration {
-    let consumer = sidecar::consumer_from_start(env, topic, "ceiling", &[]);
+/// How long a plain consumer takes to read the `n` records of a pipeline's input topic.
+fn read_ceiling(pipeline: &Pipeline, n: usize) -> Duration {
+    let mut reader = pipeline.reader("in");
     let (start, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(60));
     let mut read = 0;
     while read < n {
         assert!(Instant::now() < deadline, "read {read} of {n} in 60 s");
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            read += 1;
-        }
+        reader.poll(Duration::from_millis(100));
+        read += reader.outs.len();
+        reader.outs.clear();
     }
     start.elapsed()
 }
@@ -399,21 +404,14 @@ async fn throughput_run(
     scrape: bool,
 ) -> ThroughputRun {
     let pipe = Pipe::new(env, label, None).await;
-    let records: Vec<(String, Vec<u8>)> = (0..n as u64)
-        .map(|i| (format!("item.{i:08}"), payload(i)))
+    let records: Vec<_> = (0..n as u64)
+        .map(|i| record(format!("item.{i:08}"), payload(i)))
         .collect();
-    let producer = producer(&env.brokers);
     let t = Instant::now();
-    produce_all(
-        &producer,
-        &pipe.input,
-        records.iter().map(|(id, v)| (id, v)),
-    )
-    .await;
+    produce_all(&pipe.pipeline.producer(), records).await;
     let produce = t.elapsed();
-    drop(records);
 
-    let reader = ConfirmationReader::start(env, &pipe.output(env));
+    let reader = ConfirmationReader::start(&pipe.pipeline);
     let start = Instant::now();
     let mut sidecar = pipe.start(env, flush, "");
     let scraper = scrape.then(|| Scraper::start(sidecar.log_path()));
@@ -421,7 +419,7 @@ async fn throughput_run(
         .all_confirmed(env, label, &mut sidecar, start, n)
         .await;
     let scrapes = scraper.map(Scraper::finish);
-    let status = sidecar.stop();
+    let status = stop(&mut sidecar);
     let exit = sidecar
         .log()
         .lines()
@@ -432,7 +430,7 @@ async fn throughput_run(
         (s.events, s.repeated)
     };
     drop(reader);
-    let read_ceiling = read_ceiling(env, &pipe.input, n);
+    let read_ceiling = read_ceiling(&pipe.pipeline, n);
     let (rows, keys) = pipe.finish(env).await;
     ThroughputRun {
         flush,
@@ -500,18 +498,20 @@ impl LatencyRun {
 
 async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning) -> LatencyRun {
     let pipe = Pipe::new(env, label, None).await;
-    let input = &pipe.input;
-    let producer = producer(&env.brokers);
-    let reader = ConfirmationReader::start(env, &pipe.output(env));
+    let producer = pipe.pipeline.producer();
+    let reader = ConfirmationReader::start(&pipe.pipeline);
     let mut sidecar = pipe.start(env, flush, "");
 
     // warm-up: the group has joined and a checkpoint has gone through
-    let warmup = (0..WARMUP_RECORDS as u64).map(|i| (format!("warm.{i:08}"), payload(i)));
-    produce_all(&producer, input, warmup).await;
+    let warmup = (0..WARMUP_RECORDS as u64).map(|i| record(format!("warm.{i:08}"), payload(i)));
+    produce_all(&producer, warmup).await;
     let (limit, every) = (Duration::from_secs(120), Duration::from_millis(10));
-    let warm = |_: &_| (reader.count() >= WARMUP_RECORDS).then_some(());
+    let warm = |_: &_| {
+        reader.check();
+        (reader.count() >= WARMUP_RECORDS).then_some(())
+    };
     let stuck = || format!("{label}: warm-up not confirmed");
-    sidecar.poll(limit, every, warm, stuck).await;
+    poll(&mut sidecar, limit, every, warm, stuck).await;
 
     // steady feed: `rate` records/s, each stamped when it is handed to the producer
     let pool: Vec<Vec<u8>> = (0..1024).map(payload).collect();
@@ -524,12 +524,9 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
     while start.elapsed() < duration {
         let due = (start.elapsed().as_secs_f64() * rate) as usize;
         while sent < due {
-            let id = format!("lat.{sent:08}");
-            let record = FutureRecord::to(input)
-                .key(id.as_str())
-                .payload(pool[sent % pool.len()].as_slice());
+            let rec = record(format!("lat.{sent:08}"), pool[sent % pool.len()].clone());
             let stamp = Instant::now();
-            match producer.send_result(record) {
+            match producer.enqueue(&rec) {
                 Ok(delivery) => {
                     let (sends, failed) = (sends.clone(), failed.clone());
                     tokio::spawn(async move {
@@ -553,11 +550,12 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
     // every delivered record confirmed
     let delivered = || sends.lock().unwrap().len();
     let all = |_: &_| {
+        reader.check();
         let (delivered, failed) = (delivered(), *failed.lock().unwrap());
         (delivered + failed >= sent && reader.count() >= WARMUP_RECORDS + delivered).then_some(())
     };
     let stuck = || format!("{label}: {} of {} confirmed", reader.count(), delivered());
-    sidecar.poll(limit, every, all, stuck).await;
+    poll(&mut sidecar, limit, every, all, stuck).await;
     let failed = *failed.lock().unwrap();
     if failed > 0 {
         println!("      WARNING: {failed} sends failed");
@@ -576,7 +574,7 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
             .collect()
     };
     latencies.sort_by(f64::total_cmp);
-    let status = sidecar.stop();
+    let status = stop(&mut sidecar);
     if !status.success() {
         println!(
             "      WARNING: sidecar exit {status}; log:\n{}",

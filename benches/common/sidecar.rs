@@ -1,32 +1,39 @@
-//! What the benches that run `sync-engine` as a process share (`benches/sidecar.rs`,
-//! `benches/merkle.rs`): their `main` (services reachable, a runtime, everything the bench
-//! created removed at the end, also after a panic), scratch topics, MariaDB databases and
-//! Redis prefixes, a pipeline with its `sync-engine` process, producing records, a reader of
-//! the confirmations on the output topic, CPU time from `/proc`, and medians.
+//! What the benches that run `sync-engine` as a process (`benches/sidecar.rs`,
+//! `benches/merkle.rs`) add to the tests' Kafka harness (`tests/common/kafka.rs`: pipelines,
+//! the process, producers, readers): their `main` (services reachable, a runtime, everything
+//! the bench created removed at the end, also after a panic), scratch MariaDB databases and
+//! Redis prefixes, a pipeline on them with the benches' settings, timing the confirmations of
+//! a backlog, CPU time from `/proc`, and medians.
+//!
+//! A bench declares the tests' modules at its root, as the test binaries do, next to this one:
+//!
+//! ```text
+//! #[path = "../tests/common/mod.rs"] mod common;
+//! #[path = "../tests/common/kafka.rs"] mod kafka;
+//! #[path = "common/sidecar.rs"] mod sidecar;
+//! ```
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde::Deserialize;
+use rdkafka::ClientConfig;
 use sqlx::mysql::MySqlConnection;
 use sqlx::Connection;
 
-const KAFKA_ENV: &str = "SYNC_ENGINE_TEST_KAFKA_BROKERS";
-const MYSQL_ENV: &str = "SYNC_ENGINE_TEST_MYSQL_URL";
-const REDIS_ENV: &str = "SYNC_ENGINE_TEST_REDIS_URL";
+use crate::common::{redis::PLAIN_ENV as REDIS_ENV, Backend, MYSQL_ENV};
+use crate::kafka::{confirmations, Pipeline, Producer, Rec, Sidecar, KAFKA_ENV};
+
 const KAFKA_DEFAULT: &str = "127.0.0.1:19092";
 const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
 const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
@@ -35,6 +42,11 @@ const REDIS_DEFAULT: &str = "redis://127.0.0.1:6379";
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_sync-engine");
 /// Partitions of every topic.
 pub const PARTITIONS: i32 = 4;
+/// The topics a pipeline creates (`Pipeline::on`).
+const PIPELINE_TOPICS: [&str; 3] = ["in", "out", "dlq"];
+/// Records `produce_all` hands to the producer before awaiting their delivery (librdkafka's
+/// queue holds 100 000).
+const PRODUCE_CHUNK: usize = 50_000;
 
 /// The sidecar's checkpoint triggers, and its consumer's `fetch.wait.max.ms` (librdkafka's
 /// default, 500 ms, when `None`).
@@ -342,43 +354,15 @@ pub struct Env {
     admin_url: String,
     pub redis_url: String,
     pub redis: redis::aio::MultiplexedConnection,
-    /// Unique to this bench process: part of every name it creates.
+    /// Unique to this bench process: part of the name of every database and Redis prefix it
+    /// creates (its topics are named by the tests' `Pipeline`, after the process too).
     tag: String,
-    dir: tempfile::TempDir,
     scratch: Mutex<Scratch>,
     pub watched: Watched,
     pub tck: f64,
 }
 
 impl Env {
-    /// `<tag>.<name>`.
-    pub fn topic(&self, name: &str) -> String {
-        format!("{}.{name}", self.tag)
-    }
-
-    pub async fn create_topics(&self, topics: &[String]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .expect("admin client");
-        let new: Vec<NewTopic> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
-            .collect();
-        self.scratch
-            .lock()
-            .unwrap()
-            .topics
-            .extend(topics.iter().cloned());
-        for result in admin
-            .create_topics(&new, &AdminOptions::new())
-            .await
-            .expect("create topics")
-        {
-            result.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
-        }
-    }
-
     pub async fn create_database(&self, label: &str) -> String {
         let db = format!("{}_{label}", self.tag.replace(['.', '-'], "_"));
         let mut admin = MySqlConnection::connect(&self.admin_url)
@@ -461,8 +445,22 @@ impl Env {
         Ok(removed)
     }
 
+    /// A pipeline of the tests' harness (`PARTITIONS` partitions) on this broker, its topics
+    /// removed at the end.
+    pub async fn pipeline(&self, label: &str, sql: Backend) -> Pipeline {
+        let pipeline = Pipeline::on_brokers(label, PARTITIONS, sql, self.brokers.clone()).await;
+        let topics = PIPELINE_TOPICS.map(|kind| pipeline.topic(kind));
+        self.scratch.lock().unwrap().topics.extend(topics);
+        pipeline
+    }
+
+    pub async fn delete_topics_of(&self, pipeline: &Pipeline) {
+        self.delete_topics(&PIPELINE_TOPICS.map(|kind| pipeline.topic(kind)))
+            .await;
+    }
+
     /// Deletes topics (best effort: the broker may not support it).
-    pub async fn delete_topics(&self, topics: &[String]) {
+    async fn delete_topics(&self, topics: &[String]) {
         let Ok(admin) = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .create::<AdminClient<DefaultClientContext>>()
@@ -504,331 +502,136 @@ impl Env {
         }
     }
 
-    /// Writes the pipeline file `<label>.toml` for `sync-engine run` / `verify`: the engine on
-    /// database `db` and Redis prefix `prefix` without the L3 filter, plus the `engine` keys;
-    /// the broker, plus the `kafka` keys.
-    pub fn pipeline(
-        &self,
-        label: &str,
-        db: &str,
-        prefix: &str,
-        engine: &str,
-        kafka: &str,
-    ) -> PathBuf {
-        let file = self.dir.path().join(format!("{label}.toml"));
-        std::fs::write(
-            &file,
-            format!(
-                r#"sql_url = "{server}/{db}"
-redis_url = "{redis}"
-redis_prefix = "{prefix}"
-l3_filter = false
-{engine}
-[kafka]
-brokers = "{brokers}"
-{kafka}"#,
-                server = self.server,
-                redis = self.redis_url,
-                brokers = self.brokers,
-            ),
+    /// The engine keys of a pipeline file for the stores: this Redis with `prefix`, no L3
+    /// filter (the SQL database is the file's `sql_url`).
+    pub fn stores(&self, prefix: &str) -> String {
+        format!(
+            "redis_url = \"{}\"\nredis_prefix = \"{prefix}\"\nl3_filter = false\n",
+            self.redis_url
         )
-        .expect("write the pipeline file");
-        file
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// one pipeline: topics, database, prefix, sidecar process
+// one pipeline: the tests' (topics, group), a database, a prefix; its sidecar process
 
-/// The resources of one `sync-engine run`: output and DLQ topics (and an input topic of its
-/// own unless one is given), a database, a Redis prefix.
+/// The resources of one `sync-engine run`: a pipeline of the tests' harness (topics `in`,
+/// `out` and `dlq`, a group) on a MariaDB database of its own, and a Redis prefix.
 pub struct Pipe {
-    label: String,
-    pub input: String,
+    pub pipeline: Pipeline,
+    /// Another pipeline's input topic the sidecar reads instead of `in` (one backlog for
+    /// many runs).
+    input: Option<String>,
     pub db: String,
     pub prefix: String,
-    /// The topics this pipe created.
-    topics: Vec<String>,
 }
 
 impl Pipe {
     pub async fn new(env: &Env, label: &str, input: Option<&str>) -> Pipe {
-        let topic = |kind: &str| env.topic(&format!("{label}.{kind}"));
-        let mut topics = vec![topic("out"), topic("dlq")];
-        let input = match input {
-            Some(input) => input.to_string(),
-            None => {
-                topics.insert(0, topic("in"));
-                topics[0].clone()
-            }
-        };
-        env.create_topics(&topics).await;
+        let db = env.create_database(label).await;
+        let sql = Backend::at("mariadb", format!("{}/{db}", env.server));
+        let pipeline = env.pipeline(label, sql).await;
         Pipe {
-            label: label.to_string(),
-            input,
-            db: env.create_database(label).await,
+            pipeline,
+            input: input.map(str::to_string),
+            db,
             prefix: env.prefix(label),
-            topics,
         }
-    }
-
-    pub fn output(&self, env: &Env) -> String {
-        env.topic(&format!("{}.out", self.label))
     }
 
     /// Spawns `sync-engine run` with the pipeline of `pipelines/default.toml` (checkpoint
     /// triggers `flush`), `session.timeout.ms = 6000`, and the `engine` keys.
-    pub fn start(&self, env: &Env, flush: Tuning, engine: &str) -> Process {
+    pub fn start(&self, env: &Env, flush: Tuning, engine: &str) -> Sidecar {
         self.start_binary(env, flush, engine, SIDECAR)
     }
 
     /// Like `start`, with another `sync-engine` binary (e.g. a baseline build to compare with).
-    pub fn start_binary(&self, env: &Env, flush: Tuning, engine: &str, binary: &str) -> Process {
-        let output = self.output(env);
-        let pipeline = env.pipeline(
-            &self.label,
-            &self.db,
-            &self.prefix,
-            &format!(
-                "batch_flush_ms = {}\nbatch_flush_count = {}\nbatch_flush_bytes = {}\n{engine}",
-                flush.ms, flush.count, flush.bytes
-            ),
-            &format!(
-                r#"group_id = "{output}.group"
-input_topic = "{input}"
-output_topic = "{output}"
-dlq_topic = "{dlq}"
-
-[kafka.consumer]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-{fetch_wait}
-[kafka.producer]
-"linger.ms" = "5"
-"#,
-                input = self.input,
-                dlq = env.topic(&format!("{}.dlq", self.label)),
-                fetch_wait = flush.fetch_wait_ms.map_or(String::new(), |ms| format!(
-                    "\"fetch.wait.max.ms\" = \"{ms}\"\n"
-                )),
-            ),
+    pub fn start_binary(&self, env: &Env, flush: Tuning, engine: &str, binary: &str) -> Sidecar {
+        let engine = format!(
+            "{}batch_flush_ms = {}\nbatch_flush_count = {}\nbatch_flush_bytes = {}\n{engine}",
+            env.stores(&self.prefix),
+            flush.ms,
+            flush.count,
+            flush.bytes
         );
-        Process::spawn_binary(env, &self.label, binary, &["run"], &pipeline)
+        let fetch_wait = flush.fetch_wait_ms.map_or(String::new(), |ms| {
+            format!("\"fetch.wait.max.ms\" = \"{ms}\"\n")
+        });
+        let tail = format!("{fetch_wait}[kafka.producer]\n\"linger.ms\" = \"5\"\n");
+        // the file names the pipeline's own `in`; an override in the environment wins
+        let input: Vec<(&str, &str)> = match &self.input {
+            Some(topic) => vec![("SYNC_ENGINE__KAFKA__INPUT_TOPIC", topic.as_str())],
+            None => Vec::new(),
+        };
+        self.pipeline.spawn(binary, &engine, &tail, &input)
     }
 
-    /// Counts the rows, removes the database, keys and the topics it created; returns (rows,
-    /// keys).
+    /// Counts the rows, removes the database, keys and topics; returns (rows, keys).
     pub async fn finish(self, env: &Env) -> (i64, usize) {
         let rows = env.rows(&self.db).await;
         let keys = env.unlink_prefix(&self.prefix).await.unwrap_or(0);
         env.drop_database(&self.db).await;
-        env.delete_topics(&self.topics).await;
+        env.delete_topics_of(&self.pipeline).await;
         (rows, keys)
     }
 }
 
-/// A `sync-engine` process, its output in `<label>.log`; killed when dropped (a panicking
-/// bench leaves none behind).
-pub struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    pub fn spawn_binary(
-        env: &Env,
-        label: &str,
-        binary: &str,
-        args: &[&str],
-        pipeline: &Path,
-    ) -> Process {
-        let log = env.dir.path().join(format!("{label}.log"));
-        let out = std::fs::File::create(&log).expect("create the log file");
-        let child = Command::new(binary)
-            .args(args)
-            .arg("--pipeline")
-            .arg(pipeline)
-            .env("RUST_LOG", "info")
-            .env("SYNC_ENGINE__HTTP__LISTEN", "127.0.0.1:0")
-            .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn sync-engine");
-        Process { child, log }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The file `log` reads (for a thread that watches it).
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    pub fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("the sidecar exited ({status}); its log:\n{}", self.log());
+/// Calls `step` every `every` until it returns a value; panics with the log when the sidecar
+/// exits or `limit` passes (`stuck`: what was not reached, for the message).
+pub async fn poll<T>(
+    sidecar: &mut Sidecar,
+    limit: Duration,
+    every: Duration,
+    mut step: impl FnMut(&Sidecar) -> Option<T>,
+    stuck: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = step(sidecar) {
+            return value;
         }
-    }
-
-    /// Calls `step` every `every` until it returns a value; panics with the log when the
-    /// process exits or `limit` passes (`stuck`: what was not reached, for the message).
-    pub async fn poll<T>(
-        &mut self,
-        limit: Duration,
-        every: Duration,
-        mut step: impl FnMut(&Process) -> Option<T>,
-        stuck: impl Fn() -> String,
-    ) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(value) = step(self) {
-                return value;
-            }
-            self.check_alive();
-            assert!(
-                Instant::now() < deadline,
-                "{}; sidecar log:\n{}",
-                stuck(),
-                self.log()
-            );
-            tokio::time::sleep(every).await;
+        if let Some(status) = sidecar.try_status() {
+            panic!("the sidecar exited ({status}); its log:\n{}", sidecar.log());
         }
-    }
-
-    /// Waits for the exit (`limit` at most).
-    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let end = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < end,
-                "sync-engine did not exit; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGTERM (the sidecar drains, confirms and commits), then waits for the exit.
-    pub fn stop(&mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.wait(Duration::from_secs(60))
+        assert!(
+            Instant::now() < deadline,
+            "{}; sidecar log:\n{}",
+            stuck(),
+            sidecar.log()
+        );
+        tokio::time::sleep(every).await;
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// SIGTERM (the sidecar drains, confirms and commits), then its exit (60 s at most); unlike
+/// the tests' `Sidecar::stop`, an unclean exit is the caller's to report.
+pub fn stop(sidecar: &mut Sidecar) -> ExitStatus {
+    sidecar.sigterm();
+    sidecar.wait_exit(Duration::from_secs(60))
 }
 
 // ---------------------------------------------------------------------------------------
-// Kafka: producing, reading confirmations
+// producing a backlog, timing its confirmations
 
-pub fn producer(brokers: &str) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer")
+/// A record without headers (route redis+sql, state `default`).
+pub fn record(id: String, value: Vec<u8>) -> Rec {
+    Rec {
+        key: Some(id.into_bytes()),
+        value: Some(value),
+        headers: Vec::new(),
+    }
 }
 
-/// Produces `(id, payload)` records to `topic`, delivery awaited.
-pub async fn produce_all(
-    producer: &FutureProducer,
-    topic: &str,
-    records: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<[u8]>)>,
-) {
-    let mut deliveries = Vec::new();
-    for (id, value) in records {
-        let mut record = FutureRecord::to(topic)
-            .key(id.as_ref())
-            .payload(value.as_ref());
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err((e, back)) => {
-                    // a full local queue: let librdkafka drain it
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "enqueue failed: {e}"
-                    );
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+/// Produces `records`, delivery awaited, `PRODUCE_CHUNK` at a time.
+pub async fn produce_all(producer: &Producer, records: impl IntoIterator<Item = Rec>) {
+    let mut records = records.into_iter();
+    loop {
+        let chunk: Vec<Rec> = records.by_ref().take(PRODUCE_CHUNK).collect();
+        if chunk.is_empty() {
+            return;
         }
+        producer.send(&chunk).await;
     }
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("delivery canceled")
-            .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
-    }
-}
-
-/// A consumer (group `<topic>.<group>`, no commits) of every partition of `topic` from the
-/// beginning, with the `settings`.
-pub fn consumer_from_start(
-    env: &Env,
-    topic: &str,
-    group: &str,
-    settings: &[(&str, &str)],
-) -> BaseConsumer {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &env.brokers)
-        .set("group.id", format!("{topic}.{group}"))
-        .set("enable.auto.commit", "false");
-    for (key, value) in settings {
-        config.set(*key, *value);
-    }
-    let consumer: BaseConsumer = config.create().expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&tpl).expect("assign");
-    consumer
-}
-
-/// The parts of an output-topic event the benches need.
-#[derive(Deserialize)]
-struct OutputEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    partition: i32,
-    #[serde(default)]
-    items: Vec<ConfirmedOffset>,
-}
-
-#[derive(Deserialize)]
-struct ConfirmedOffset {
-    offset: i64,
 }
 
 #[derive(Default)]
@@ -841,8 +644,8 @@ pub struct Confirmed {
     pub repeated: usize,
 }
 
-/// A reader of the confirmations on the whole output topic (checkpoint events are skipped),
-/// on a thread of its own.
+/// A reader of the confirmations on a pipeline's whole output topic (checkpoint events are
+/// skipped), on a thread of its own; what one read of the topic returns arrived then.
 pub struct ConfirmationReader {
     pub shared: Arc<Mutex<Confirmed>>,
     stop: Arc<AtomicBool>,
@@ -850,39 +653,33 @@ pub struct ConfirmationReader {
 }
 
 impl ConfirmationReader {
-    pub fn start(env: &Env, topic: &str) -> ConfirmationReader {
-        let consumer = consumer_from_start(env, topic, "reader", &[("fetch.wait.max.ms", "20")]);
+    pub fn start(pipeline: &Pipeline) -> ConfirmationReader {
+        let mut reader = pipeline.reader_with("out", &[("fetch.wait.max.ms", "20")]);
         let shared = Arc::new(Mutex::new(Confirmed::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (state, flag) = (shared.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::SeqCst) {
-                let Some(message) = consumer.poll(Duration::from_millis(50)) else {
-                    continue;
-                };
-                let now = Instant::now();
-                let Ok(message) = message else {
-                    continue; // librdkafka retries
-                };
-                let event: OutputEvent =
-                    serde_json::from_slice(message.payload().unwrap_or_default())
-                        .expect("an output event");
-                if event.kind == "checkpoint" {
+                reader.poll(Duration::from_millis(50));
+                if reader.outs.is_empty() {
                     continue;
                 }
+                let now = Instant::now();
+                let outs = std::mem::take(&mut reader.outs);
                 let mut s = state.lock().unwrap();
-                s.events += 1;
-                s.first.get_or_insert((now, event.items.len()));
-                for item in &event.items {
-                    let mut new = false;
-                    s.arrivals
-                        .entry((event.partition, item.offset))
-                        .or_insert_with(|| {
-                            new = true;
-                            now
-                        });
-                    if !new {
-                        s.repeated += 1;
+                for c in confirmations(&outs) {
+                    let partition = c["partition"].as_i64().expect("a partition") as i32;
+                    let items = c["items"].as_array().expect("items");
+                    s.events += 1;
+                    s.first.get_or_insert((now, items.len()));
+                    for item in items {
+                        let offset = item["offset"].as_i64().expect("an offset");
+                        match s.arrivals.entry((partition, offset)) {
+                            Entry::Vacant(first) => {
+                                first.insert(now);
+                            }
+                            Entry::Occupied(_) => s.repeated += 1,
+                        }
                     }
                 }
             }
@@ -902,18 +699,29 @@ impl ConfirmationReader {
         self.shared.lock().unwrap().first
     }
 
+    /// Panics when the reading thread has (the tests' reader panics on a read error or an
+    /// event that is neither a confirmation nor a checkpoint).
+    pub fn check(&self) {
+        let stopped = self.thread.as_ref().is_some_and(JoinHandle::is_finished);
+        assert!(
+            !stopped,
+            "the confirmation reader failed (see its panic above)"
+        );
+    }
+
     /// Waits until `n` items are confirmed (300 s at most; the sidecar, spawned at `start`,
     /// must not exit). CPU is measured from the first confirmation to the last.
     pub async fn all_confirmed(
         &self,
         env: &Env,
         label: &str,
-        sidecar: &mut Process,
+        sidecar: &mut Sidecar,
         start: Instant,
         n: usize,
     ) -> Backlog {
         let (mut to_consuming, mut cpu_start) = (None, None);
-        let step = |sidecar: &Process| {
+        let step = |sidecar: &Sidecar| {
+            self.check();
             if to_consuming.is_none() && sidecar.log().contains("consuming") {
                 to_consuming = Some(start.elapsed());
             }
@@ -923,14 +731,8 @@ impl ConfirmationReader {
             (self.count() >= n).then(|| (start.elapsed(), snapshot(&env.watched, sidecar.pid())))
         };
         let stuck = || format!("{label}: {} of {n} confirmed after 300 s", self.count());
-        let (total, cpu_end) = sidecar
-            .poll(
-                Duration::from_secs(300),
-                Duration::from_millis(5),
-                step,
-                stuck,
-            )
-            .await;
+        let (limit, every) = (Duration::from_secs(300), Duration::from_millis(5));
+        let (total, cpu_end) = poll(sidecar, limit, every, step, stuck).await;
         let (first_at, first_items) = self.first().expect("a first confirmation");
         let cpu = cpu_split(
             &cpu_start.expect("a snapshot at the first confirmation"),
@@ -1069,7 +871,6 @@ where
         redis_url,
         redis,
         tag: format!("{tag}{}x{nanos}", std::process::id()),
-        dir: tempfile::tempdir().expect("tempdir"),
         scratch: Mutex::default(),
         tck: clock_ticks(),
     };

@@ -2,7 +2,8 @@
 //! scripts/test): a pipeline of one test's own (topics, group, SQL database), `sync-engine run`
 //! processes on it, and writers and readers of its topics.
 //!
-//! Declared by each test binary as `#[path = "common/kafka.rs"] mod kafka;` next to `mod common;`.
+//! Declared by each test binary as `#[path = "common/kafka.rs"] mod kafka;` next to `mod common;`,
+//! and so by the benches that run the sidecar (`benches/common/sidecar.rs` says how).
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,8 +17,9 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -139,14 +141,22 @@ impl Pipeline {
 
     /// Like `start`, with `SYNC_ENGINE__*` overrides in the process's environment.
     pub fn start_with(&self, extra: &str, env: &[(&str, &str)]) -> Sidecar {
+        let engine = format!("batch_flush_ms = 50\n{extra}");
+        self.spawn(env!("CARGO_BIN_EXE_sync-engine"), &engine, "", env)
+    }
+
+    /// `binary run` (another build of sync-engine, say) on a pipeline file of its own: the
+    /// pipeline's SQL database, then `engine` settings (no defaults), the pipeline's `[kafka]`
+    /// table, and last `tail`, which continues its `[kafka.consumer]` table (more properties,
+    /// then further tables such as `[kafka.producer]`). The benches' way to start a sidecar.
+    pub fn spawn(&self, binary: &str, engine: &str, tail: &str, env: &[(&str, &str)]) -> Sidecar {
         let n = self.started.fetch_add(1, Ordering::SeqCst);
         let file = self.dir.path().join(format!("pipeline-{n}.toml"));
         std::fs::write(
             &file,
             format!(
                 r#"sql_url = "{sql}"
-batch_flush_ms = 50
-{extra}
+{engine}
 [kafka]
 brokers = "{brokers}"
 group_id = "{group}"
@@ -156,7 +166,7 @@ dlq_topic = "{name}.dlq"
 [kafka.consumer]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
-"#,
+{tail}"#,
                 sql = self.sql.url,
                 brokers = self.brokers,
                 group = self.group(),
@@ -166,7 +176,7 @@ dlq_topic = "{name}.dlq"
         .unwrap();
         let log = self.dir.path().join(format!("sidecar-{n}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sync-engine"))
+        let child = Command::new(binary)
             .args(["run", "--pipeline"])
             .arg(&file)
             .env("RUST_LOG", "info")
@@ -201,9 +211,17 @@ dlq_topic = "{name}.dlq"
 
     /// A reader of a whole topic `<name>.<kind>`, from the start.
     pub fn reader(&self, kind: &str) -> Reader {
+        self.reader_with(kind, &[])
+    }
+
+    /// Like `reader`, its consumer with these librdkafka properties too.
+    pub fn reader_with(&self, kind: &str, properties: &[(&str, &str)]) -> Reader {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let consumer: BaseConsumer = self
-            .client_config()
+        let mut config = self.client_config();
+        for (k, v) in properties {
+            config.set(*k, *v);
+        }
+        let consumer: BaseConsumer = config
             .set(
                 "group.id",
                 format!(
@@ -363,6 +381,15 @@ impl Sidecar {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The file `log` reads (for a thread that watches it).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn sigterm(&self) {
         self.signal("TERM");
     }
@@ -457,24 +484,8 @@ impl Producer {
         let sends: Vec<_> = records
             .iter()
             .map(|r| {
-                let mut headers = OwnedHeaders::new();
-                for (k, v) in &r.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v.as_bytes()),
-                    });
-                }
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&self.topic).headers(headers);
-                if let Some(key) = &r.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(value) = &r.value {
-                    record = record.payload(value.as_slice());
-                }
-                self.producer
-                    .send_result(record)
-                    .unwrap_or_else(|(e, _)| panic!("enqueue failed: {e}"))
+                self.enqueue(r)
+                    .unwrap_or_else(|e| panic!("enqueue failed: {e}"))
             })
             .collect();
         let mut positions = Vec::new();
@@ -486,6 +497,27 @@ impl Producer {
             positions.push((delivery.partition, delivery.offset));
         }
         positions
+    }
+
+    /// Hands one record to librdkafka; its delivery report comes later (a bench stamps the
+    /// moment in between).
+    pub fn enqueue(&self, r: &Rec) -> KafkaResult<DeliveryFuture> {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(key) = &r.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &r.value {
+            record = record.payload(value.as_slice());
+        }
+        self.producer.send_result(record).map_err(|(e, _)| e)
     }
 }
 
