@@ -23,7 +23,7 @@
 
 #[path = "common/payload.rs"]
 mod payload;
-use payload::{payload, ITEM_BYTES};
+use payload::{median, payload, ITEM_BYTES};
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -419,16 +419,6 @@ fn bench_raw_insert(c: &mut Criterion, runtime: &Runtime, backends: &mut [Backen
     group.finish();
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
 fn per_second(d: Duration) -> f64 {
     N as f64 / d.as_secs_f64()
 }
@@ -472,7 +462,7 @@ fn summary(runtime: &Runtime, backends: &mut [Backend], runs: usize) {
                 raw.push(per_second(backend.raw_run().await));
             }
         });
-        let (e, r) = (median(engine.clone()), median(raw.clone()));
+        let (e, r) = (median(&engine), median(&raw));
         println!(
             "submit->durable {}: {e:.0} items/s (median of {runs}), raw insert: {r:.0} items/s, ratio {:.2}",
             backend.name,

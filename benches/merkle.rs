@@ -53,7 +53,7 @@
 
 #[path = "common/payload.rs"]
 mod payload;
-use payload::{payload, ITEM_BYTES};
+use payload::{median, payload, ITEM_BYTES};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -64,8 +64,8 @@ mod kafka;
 #[allow(dead_code)] // shared with benches/sidecar.rs, which prints more of it
 mod sidecar;
 use sidecar::{
-    cores, list, loadavg, machine_line, median, produce_all, record, stop, Backlog,
-    ConfirmationReader, Env, Pipe, DEFAULT_TUNING, PARTITIONS, SIDECAR,
+    cores, list, loadavg, machine_line, produce_all, record, stop, Backlog, ConfirmationReader,
+    Env, Pipe, DEFAULT_TUNING, PARTITIONS, SIDECAR,
 };
 
 use std::process::Command;

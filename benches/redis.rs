@@ -40,7 +40,7 @@
 
 #[path = "common/payload.rs"]
 mod payload;
-use payload::{payload, ITEM_BYTES};
+use payload::{hset_item, median, payload, ITEM_BYTES};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -403,17 +403,6 @@ async fn submit_durable(engine: &SyncEngine, items: Vec<SyncItem>) -> Duration {
     start.elapsed()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    assert!(!values.is_empty());
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
 /// Nearest-rank percentile `p` (0..=1) of `samples`, in µs.
 fn percentile_us(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort_unstable();
@@ -572,19 +561,10 @@ fn ceiling_pipelines(
                 });
                 match &document {
                     Some(doc) => pipe.cmd("JSON.SET").arg(&key).arg("$").arg(doc),
-                    None => pipe
-                        .cmd("HSET")
-                        .arg(&key)
-                        .arg("payload")
-                        .arg(item.content())
-                        .arg("hash")
-                        .arg(item.content_hash())
-                        .arg("state")
-                        .arg(item.state())
-                        .arg("version")
-                        .arg(version)
-                        .arg("type")
-                        .arg("json"),
+                    None => {
+                        hset_item(&mut pipe, &key, item, version);
+                        &mut pipe
+                    }
                 }
                 .ignore();
                 let mut set = sets.clone();
@@ -815,11 +795,11 @@ fn print_summary(
         println!(
             "{:<6} {:>10.1} {:>10.1} {:>14.1} {:>16.1} {:>16.1}  {}",
             t.name,
-            median(read.p50.clone()),
-            median(read.p99.clone()),
-            median(read.ping_p50.clone()),
-            median(read.script_p50.clone()),
-            median(read.script_p99.clone()),
+            median(&read.p50),
+            median(&read.p99),
+            median(&read.ping_p50),
+            median(&read.script_p50),
+            median(&read.script_p99),
             read.key_shape
         );
         println!(
@@ -855,7 +835,7 @@ fn print_summary(
     let n = sizes.write_items as f64;
     for (t, r) in targets.iter().zip(results) {
         let w = &r.write;
-        let (without, with) = (median(w.without.clone()), median(w.with.clone()));
+        let (without, with) = (median(&w.without), median(&w.with));
         let share = with - without;
         let redis_rate = if share > 0.0 {
             format!("{:.0}", n / share)
@@ -871,8 +851,8 @@ fn print_summary(
             redis_rate,
             n / without,
             n / with,
-            n / median(w.raw.clone()),
-            n / median(w.lua.clone())
+            n / median(&w.raw),
+            n / median(&w.lua)
         );
         let ms = |v: &[f64]| list(&v.iter().map(|s| s * 1e3).collect::<Vec<_>>(), 1);
         let pairs: Vec<f64> = w

@@ -69,7 +69,7 @@
 
 #[path = "common/payload.rs"]
 mod payload;
-use payload::{payload, ITEM_BYTES};
+use payload::{hset_item, median, payload, ITEM_BYTES};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -79,8 +79,8 @@ mod kafka;
 mod sidecar;
 use kafka::Pipeline;
 use sidecar::{
-    cpu_split, list, loadavg, machine_line, median, poll, produce_all, record, snapshot, stop,
-    Backlog, ConfirmationReader, CpuSplit, Env, Pipe, Tuning, DEFAULT_TUNING, PARTITIONS, SIDECAR,
+    cpu_split, list, loadavg, machine_line, poll, produce_all, record, snapshot, stop, Backlog,
+    ConfirmationReader, CpuSplit, Env, Pipe, Tuning, DEFAULT_TUNING, PARTITIONS, SIDECAR,
 };
 
 use std::collections::HashMap;
@@ -684,19 +684,13 @@ impl Raw {
             let mut pipe = redis::pipe();
             for (i, item) in batch.iter().enumerate() {
                 let version = b * RAW_ROWS_PER_BATCH + i + 1;
-                pipe.cmd("HSET")
-                    .arg(format!("{prefix}{}", item.id()))
-                    .arg("payload")
-                    .arg(item.content())
-                    .arg("hash")
-                    .arg(item.content_hash())
-                    .arg("state")
-                    .arg(item.state())
-                    .arg("version")
-                    .arg(version)
-                    .arg("type")
-                    .arg("json")
-                    .ignore();
+                hset_item(
+                    &mut pipe,
+                    &format!("{prefix}{}", item.id()),
+                    item,
+                    version as u64,
+                );
+                pipe.ignore();
             }
             let () = pipe.query_async(&mut redis).await.expect("pipeline");
             redis_time += t2.elapsed();

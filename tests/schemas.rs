@@ -18,21 +18,7 @@ use sync_engine::sidecar::record::{decode, RawRecord};
 const DRAFT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
 
 /// Every `DlqCode` variant, in declaration order.
-const ALL_CODES: [DlqCode; 13] = [
-    MissingKey,
-    EmptyKey,
-    KeyNotUtf8,
-    KeyTooLong,
-    PayloadTooLarge,
-    InvalidJson,
-    UnknownContentType,
-    UnknownRoute,
-    MalformedTtl,
-    InvalidState,
-    TtlWithoutRedis,
-    HeaderNotUtf8,
-    RouteUnavailable,
-];
+const ALL_CODES: [DlqCode; 13] = DlqCode::ALL;
 
 /// Position of `code` in `ALL_CODES`. Exhaustive on purpose: a new variant stops this file
 /// compiling until it is listed here, in `ALL_CODES` and in the schemas.

@@ -1,4 +1,6 @@
-//! The payload every benchmark writes, so their numbers compare.
+//! What every benchmark shares, so their numbers compare: the payload, the plain Redis hash
+//! an item is stored as (the raw ceilings write it), and the median of a report.
+#![allow(dead_code)] // each bench uses its own subset
 
 use serde_json::json;
 
@@ -47,4 +49,37 @@ pub fn payload(n: u64) -> Vec<u8> {
     let bytes = serde_json::to_vec(&value).expect("serializes");
     assert_eq!(bytes.len(), ITEM_BYTES);
     bytes
+}
+
+/// Queues `HSET key` with the fields of the engine's plain-Redis hash shape (`payload`,
+/// `hash`, `state`, `version`, `type`), as the raw ceilings write an item.
+pub fn hset_item(
+    pipe: &mut redis::Pipeline,
+    key: &str,
+    item: &sync_engine::SyncItem,
+    version: u64,
+) {
+    pipe.cmd("HSET")
+        .arg(key)
+        .arg("payload")
+        .arg(item.content())
+        .arg("hash")
+        .arg(item.content_hash())
+        .arg("state")
+        .arg(item.state())
+        .arg("version")
+        .arg(version)
+        .arg("type")
+        .arg("json");
+}
+
+/// The median (NaN when there is nothing to take it of).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }

@@ -3,7 +3,7 @@
 //! the process, producers, readers): their `main` (services reachable, a runtime, everything
 //! the bench created removed at the end, also after a panic), scratch MariaDB databases and
 //! Redis prefixes, a pipeline on them with the benches' settings, timing the confirmations of
-//! a backlog, CPU time from `/proc`, and medians.
+//! a backlog, and CPU time from `/proc` (the median is in `payload.rs`, shared by every bench).
 //!
 //! A bench declares the tests' modules at its root, as the test binaries do, next to this one:
 //!
@@ -68,16 +68,6 @@ pub const DEFAULT_TUNING: Tuning = Tuning {
 
 // ---------------------------------------------------------------------------------------
 // statistics, the machine
-
-pub fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 pub fn list(values: &[f64], decimals: usize) -> String {
     values

@@ -27,6 +27,24 @@ pub enum DlqCode {
 }
 
 impl DlqCode {
+    /// Every code, in declaration order (the tests check each against the schemas and the
+    /// README).
+    pub const ALL: [DlqCode; 13] = [
+        DlqCode::MissingKey,
+        DlqCode::EmptyKey,
+        DlqCode::KeyNotUtf8,
+        DlqCode::KeyTooLong,
+        DlqCode::PayloadTooLarge,
+        DlqCode::InvalidJson,
+        DlqCode::UnknownContentType,
+        DlqCode::UnknownRoute,
+        DlqCode::MalformedTtl,
+        DlqCode::InvalidState,
+        DlqCode::TtlWithoutRedis,
+        DlqCode::HeaderNotUtf8,
+        DlqCode::RouteUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DlqCode::MissingKey => "missing_key",
