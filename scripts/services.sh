@@ -375,8 +375,14 @@ _compose_tools_ok() {
 
 # The compose checks (tests/compose.rs): podman-compose runs docker-compose.yml with podman,
 # jsonschema validates the files against the Compose Specification schema that docker-compose
-# 1.29.2 ships (the wheel is downloaded and only that file is taken out of it).
+# 1.29.2 ships (the wheel is downloaded and only that file is taken out of it). podman-compose
+# needs podman itself even for `config`, so podman is installed here, before any test runs
+# (not by whichever image test gets there first, while the file checks already run).
 ensure_compose_tools() {
+    if ! command -v podman >/dev/null 2>&1; then
+        log "no podman: installing it (podman-compose needs it)"
+        apt_install podman runc
+    fi
     if ! _venv_ok || ! _compose_tools_ok; then
         _ensure_venv
         log "pip install $PODMAN_COMPOSE_SPEC $JSONSCHEMA_SPEC (the compose tests)"

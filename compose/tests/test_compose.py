@@ -36,11 +36,13 @@ def load(path):
 def merged():
     """What podman-compose makes of the two files (interpolated with the defaults)."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_HOST_PORT") and k != "SYNC_ENGINE_IMAGE"}
-    out = subprocess.run(
+    ran = subprocess.run(
         [str(PODMAN_COMPOSE), "-f", str(BASE), "-f", str(LOCAL), "config"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    ).stdout
-    return yaml.safe_load(out)
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    if ran.returncode != 0:
+        raise AssertionError(f"podman-compose config failed ({ran.returncode}):\n{ran.stdout}{ran.stderr}")
+    return yaml.safe_load(ran.stdout)
 
 
 class ComposeFiles(unittest.TestCase):
