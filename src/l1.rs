@@ -119,6 +119,8 @@ pub struct L1Stats {
 
 pub(crate) struct L1 {
     cache: Cache<String, Cached>,
+    /// False: committed items are not cached (a writer that serves no reads, the sidecar).
+    read_cache: bool,
     cached_bytes: Arc<AtomicI64>,
     pending: Mutex<HashMap<String, Pending>>,
     pending_bytes: AtomicI64,
@@ -147,6 +149,7 @@ impl L1 {
             .build();
         L1 {
             cache,
+            read_cache: true,
             cached_bytes,
             pending: Mutex::new(HashMap::new()),
             pending_bytes: AtomicI64::new(0),
@@ -155,6 +158,13 @@ impl L1 {
             epoch: Mutex::new(0),
             drained: Notify::new(),
         }
+    }
+
+    /// This L1 holds pending writes only: committed items, and items read from lower tiers,
+    /// are never cached.
+    pub(crate) fn without_read_cache(mut self) -> Self {
+        self.read_cache = false;
+        self
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
@@ -298,6 +308,9 @@ impl L1 {
     }
 
     fn insert_cached(&self, item: Arc<SyncItem>, ttl: Option<Duration>) {
+        if !self.read_cache {
+            return;
+        }
         // count before inserting: the listener may subtract it right away (replaced/too big)
         self.cached_bytes.fetch_add(weight(&item), Ordering::SeqCst);
         self.cache
@@ -363,6 +376,31 @@ mod tests {
             },
             item: Some((it, None)),
         }]);
+    }
+
+    #[test]
+    fn without_a_read_cache_only_pending_writes_are_held() {
+        let l1 = L1::new(1 << 20, 0.9).without_read_cache();
+        let it = item("a", 1, 100);
+        l1.accept("a", Pending::Put(it.clone()));
+        assert!(
+            matches!(l1.lookup("a"), Lookup::Found(_)),
+            "read-your-writes while pending"
+        );
+        assert!(l1.stats().pending_bytes > 0);
+        settle_put(&l1, &it);
+        assert!(
+            matches!(l1.lookup("a"), Lookup::Unknown),
+            "committed: not cached"
+        );
+        l1.warm((*it).clone(), None, l1.epoch());
+        assert!(
+            matches!(l1.lookup("a"), Lookup::Unknown),
+            "reads do not warm it either"
+        );
+        let stats = l1.stats();
+        assert_eq!((stats.pending_bytes, stats.cached_bytes), (0, 0));
+        assert_eq!(l1.memory_pressure(), 0.0);
     }
 
     #[test]

@@ -152,6 +152,18 @@ impl SyncEngine {
         engine
     }
 
+    /// An engine whose L1 holds pending writes only: nothing committed is cached in memory, so
+    /// reads of committed items go to Redis or SQL, and `l1_max_bytes` bounds what is not yet
+    /// durable. For a process that writes and serves no reads (`sync-engine run`), where a
+    /// read cache only costs memory. Call before [`SyncEngine::start`].
+    pub fn without_read_cache(mut self) -> Self {
+        self.l1 = Arc::new(
+            L1::new(self.config.l1_max_bytes, self.config.backpressure_critical)
+                .without_read_cache(),
+        );
+        self
+    }
+
     /// The engine with `cache` as its L2 instead of a Redis from `redis_url` (unit tests of
     /// the write and repair paths, with `MemoryCache`).
     #[cfg(test)]

@@ -50,7 +50,7 @@ pub(super) fn describe() {
         ("sync_engine_build_info", Count, "Always 1; the version is a label."),
         ("sync_engine_consumer_lag_records", Count, "Per assigned partition: log end minus the committed offset (librdkafka statistics; the log end is the larger of the broker's high watermark and what was consumed). 0 once the partition is no longer this member's."),
         ("sync_engine_pending_bytes", Bytes, "Bytes of writes accepted by the engine and not yet durable."),
-        ("sync_engine_l1_bytes", Bytes, "Bytes held in L1: cached items plus pending writes."),
+        ("sync_engine_l1_bytes", Bytes, "Bytes held in L1: cached items plus pending writes (the sidecar caches nothing: pending writes only)."),
         ("sync_engine_memory_pressure_ratio", Count, "L1 bytes over l1_max_bytes (consumption pauses before pending writes pass backpressure_critical)."),
         ("sync_engine_redis_circuit_open", Count, "1 while the Redis circuit breaker is open (reads go to SQL, writes are repaired later)."),
     ];

@@ -108,7 +108,8 @@ pub async fn run(
         };
         reload::spawn(file, config.clone(), live);
     }
-    let mut engine = SyncEngine::new(config.engine.clone(), rx);
+    // it serves no reads: L1 holds what is not durable yet, nothing more
+    let mut engine = SyncEngine::new(config.engine.clone(), rx).without_read_cache();
     let health = Arc::new(Health::new(Duration::from_millis(
         config.http.unready_after_ms,
     )));
