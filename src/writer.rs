@@ -42,6 +42,13 @@ pub(crate) enum Command {
     Write(Entry),
     /// Replies once everything queued before it is durable.
     Flush(oneshot::Sender<()>),
+    /// Like `Flush`, and the reply carries each source's state as committed at that point:
+    /// read before any write queued after it can commit, so it describes exactly the writes
+    /// before it (the sidecar confirms a batch with it while it consumes the next).
+    Seal {
+        sources: Vec<String>,
+        reply: oneshot::Sender<Vec<SealedState>>,
+    },
     SetState {
         id: String,
         state: String,
@@ -61,6 +68,16 @@ pub(crate) enum Command {
     },
     /// A filter rebuild has scanned SQL; it is swapped in here, between batches.
     FinishRebuild(Rebuild),
+}
+
+/// A source's committed state at a [`Command::Seal`].
+#[derive(Debug, Clone)]
+pub(crate) struct SealedState {
+    pub source: String,
+    /// Its state root.
+    pub root: crate::merkle::StateRoot,
+    /// The highest version SQL has committed for it (offset + 1 for a sidecar partition).
+    pub progress: Option<u64>,
 }
 
 /// The items a range delete removes.
@@ -193,6 +210,9 @@ impl Writer {
                 Command::Flush(reply) => {
                     let _ = reply.send(());
                 }
+                Command::Seal { sources, reply } => {
+                    let _ = reply.send(self.sealed_states(sources).await);
+                }
                 Command::SetState {
                     id,
                     state,
@@ -210,6 +230,42 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Each source's root and progress, read between batches (retried until SQL answers,
+    /// as a batch is: nothing can commit meanwhile, so they describe one point in the queue).
+    async fn sealed_states(&mut self, sources: Vec<String>) -> Vec<SealedState> {
+        let mut states = Vec::with_capacity(sources.len());
+        for source in sources {
+            let mut delay = FIRST_RETRY;
+            loop {
+                let read = async {
+                    let digest = self.tier.merkle_digest(&source).await?;
+                    let progress = self.tier.source_version(&source).await?;
+                    Ok::<_, crate::error::SyncError>((digest, progress))
+                };
+                match read.await {
+                    Ok((digest, progress)) => {
+                        states.push(SealedState {
+                            root: crate::merkle::StateRoot::of(&source, &digest),
+                            source,
+                            progress,
+                        });
+                        break;
+                    }
+                    Err(e) => {
+                        if self.failed("SQL", e.class(), &e.to_string()) {
+                            warn!(error = %e, source, retry_in = ?delay,
+                                "reading a partition's state root failed; retrying");
+                        }
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(LAST_RETRY);
+                    }
+                }
+            }
+        }
+        self.succeeded();
+        states
     }
 
     /// L3 first (tombstones), then the filter, Redis (also cache-only items, which SQL never
@@ -536,5 +592,47 @@ fn holds_exactly(op: &Op, outcome: &crate::tier::Applied) -> bool {
         (Op::Put(item), Some(prior)) => prior.content_hash == item.content_hash(),
         (Op::Delete { .. }, None) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::config::SyncEngineConfig;
+    use crate::options::SubmitOptions;
+    use crate::tier::memory::MemoryTier;
+    use crate::{SyncEngine, SyncItem};
+
+    /// A seal's answer describes exactly the writes queued before it, even when writes queued
+    /// after it are already waiting (the sidecar consumes the next batch meanwhile).
+    #[tokio::test]
+    async fn a_seal_states_the_partition_as_of_the_writes_before_it() {
+        let config = SyncEngineConfig::default();
+        let (_tx, rx) = tokio::sync::watch::channel(config.clone());
+        let tier = Arc::new(MemoryTier::new());
+        let mut engine = SyncEngine::with_tier(config, rx, tier);
+        engine.start().await.unwrap();
+        let source: Arc<str> = Arc::from("t/0");
+        let put = |id: &str, offset: u64| {
+            let item = SyncItem::new(id.into(), b"{}".to_vec()).with_version(offset + 1);
+            engine.submit_from(source.clone(), item, SubmitOptions::default())
+        };
+
+        put("a", 0).await.unwrap();
+        put("b", 1).await.unwrap();
+        let answer = engine.seal(vec!["t/0".into()]).unwrap();
+        put("c", 2).await.unwrap();
+        let states = answer.await.unwrap();
+        engine.flush().await.unwrap();
+
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].source, "t/0");
+        assert_eq!(states[0].progress, Some(2), "offset 1 + 1: b, not c");
+        assert_eq!(states[0].root.item_count, 2);
+        let now = engine.merkle_root("t/0").await.unwrap();
+        assert_eq!(now.item_count, 3, "c committed after the seal");
+        assert_ne!(now.root, states[0].root.root);
+        engine.shutdown().await;
     }
 }

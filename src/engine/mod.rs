@@ -29,7 +29,7 @@ use crate::tier::cache::Cache;
 use crate::tier::redis::RedisTier;
 use crate::tier::{DurableTier, Op};
 use crate::verify::{RepairSummary, VerifyReport};
-use crate::writer::{Command, Failures, Horizons, Range, WriteFailure};
+use crate::writer::{Command, Failures, Horizons, Range, SealedState, WriteFailure};
 
 mod start;
 
@@ -312,6 +312,19 @@ impl SyncEngine {
             .expect("sequencer lock")
             .send(Command::Flush(reply))?;
         done.await.map_err(|_| SyncError::NotRunning)
+    }
+
+    /// Asks for everything submitted so far to become durable, and for each of `sources`'
+    /// root and progress right after it (before anything submitted later commits). The
+    /// answer comes on the receiver; meanwhile submits go on.
+    pub(crate) fn seal(&self, sources: Vec<String>) -> Result<oneshot::Receiver<Vec<SealedState>>> {
+        self.tier()?;
+        let (reply, done) = oneshot::channel();
+        self.sequencer
+            .lock()
+            .expect("sequencer lock")
+            .send(Command::Seal { sources, reply })?;
+        Ok(done)
     }
 
     /// The item as last submitted (pending or durable), from L1, Redis or SQL, in that order.

@@ -58,7 +58,7 @@ pub(super) fn describe() {
         describe_gauge!(name, unit, help);
     }
     let histograms: [(&str, Unit, &str); 6] = [
-        ("sync_engine_cycle_duration_seconds", Seconds, "A successful commit cycle: flush, DLQ acks, confirmations, checkpoints, commit."),
+        ("sync_engine_cycle_duration_seconds", Seconds, "A successful pass of the commit cycle that did something: sealing a batch, DLQ acks, confirmations, checkpoints, commit (the writes of a sealed batch overlap consumption; a revocation or stop also waits for them)."),
         ("sync_engine_confirm_commit_duration_seconds", Seconds, "From the engine being durable to the commit: confirmations (deliveries awaited), checkpoint events, offset commit."),
         ("sync_engine_produce_to_confirmation_seconds", Seconds, "Per confirmed partition batch: from the Kafka timestamp of its oldest record to its confirmation's delivery."),
         (BATCH_RECORDS, Count, "Records per engine batch (one SQL transaction)."),

@@ -5,8 +5,10 @@
 //!                 └─► DLQ record                               ─┐
 //!                                                              ├─ pending, per partition
 //! every batch_flush_ms / batch_flush_count records:            ─┘
-//!   1. engine.flush() (durable)   2. DLQ deliveries acknowledged
-//!   3. confirmations per partition (delivery awaited)   4. checkpoint events due   5. commit
+//!   1. seal: engine.seal() (durable in the background; polling goes on, ≤ 2 batches in flight)
+//!   once the oldest sealed batch is durable (its roots come with it):
+//!   2. DLQ deliveries acknowledged   3. confirmations per partition (delivery awaited)
+//!   4. checkpoint events due   5. commit
 //! ```
 //!
 //! **Guarantee**: an offset is committed only after everything it covers is durable (or

@@ -9,15 +9,16 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
-use super::{halted, Partition, Pipeline, Unpublished};
+use tokio::sync::oneshot::error::TryRecvError;
+
+use super::{halted, Partition, Pipeline, Sealed, Unpublished};
 use crate::error::{ErrorClass, Result, SyncError};
 use crate::sidecar::events::{Checkpoint, Confirmation, ConfirmedItem, ConfirmedOp, Outcome};
 
-/// How long a cycle waits for the engine to be durable before it pauses the partitions and
-/// lets the poll loop go on (rebalances and heartbeats must not wait for SQL).
+/// How long a sealed batch may wait to be durable before the cycle fails and pauses the
+/// partitions (a revocation or a stop waits that long per attempt; rebalances and heartbeats
+/// must not wait for SQL).
 pub(super) const FLUSH_WAIT: Duration = Duration::from_secs(2);
-/// How long the cycle waits for one SQL read of its own (a partition's root or progress).
-const READ_WAIT: Duration = Duration::from_secs(5);
 /// While cycles keep failing, at most one WARN about it per this interval.
 const FAILURE_REPORT_EVERY: Duration = Duration::from_secs(30);
 pub(super) const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -46,16 +47,21 @@ impl Pipeline {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return false;
         }
-        let count = self.pending_records();
-        let age = Duration::from_millis(self.config.engine.batch_flush_ms);
         let interval = Duration::from_millis(self.config.kafka.checkpoint_interval_ms);
-        count >= self.config.engine.batch_flush_count
-            || self.pending_since.is_some_and(|t| t.elapsed() >= age)
+        self.seal_due()
+            || !self.sealed.is_empty()
             || !self.uncommitted.is_empty()
             || self
                 .checkpoints
                 .values()
                 .any(|u| u.since.elapsed() >= interval)
+    }
+
+    /// `pending` holds a batch: `batch_flush_count` records, or records `batch_flush_ms` old.
+    fn seal_due(&self) -> bool {
+        let age = Duration::from_millis(self.config.engine.batch_flush_ms);
+        self.unsealed_records() >= self.config.engine.batch_flush_count
+            || self.pending_since.is_some_and(|t| t.elapsed() >= age)
     }
 
     /// Runs the cycle once; a retryable failure schedules the next attempt, a fatal one
@@ -72,8 +78,10 @@ impl Pipeline {
             .pending_records
             .set(self.pending_records() as f64);
         match result {
-            Ok(()) => {
-                self.meters.cycle.record(started.elapsed());
+            Ok(worked) => {
+                if worked {
+                    self.meters.cycle.record(started.elapsed());
+                }
                 self.report_dead_letters(all);
                 self.health.cycle_ok();
                 if was_failing {
@@ -116,40 +124,118 @@ impl Pipeline {
         }
     }
 
+    /// One pass; `Ok(true)` when it did something (sealed, confirmed, published or
+    /// committed), `Ok(false)` when it only found the oldest sealed batch still being written.
     fn try_cycle<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         all: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let (published, uncommitted) = (self.summary.checkpoints, self.uncommitted.len());
+        // 1. with `all`, seal everything and wait for all of it below
+        let mut sealing = all && !self.pending.is_empty();
+        if sealing {
+            self.seal()?;
+        }
+        // every batch in flight is taken and the next one is due: wait for the oldest, so
+        // the next seal is on time (and the loop never runs further ahead of the stores)
+        let mut block = all || (self.sealed.len() >= super::MAX_SEALED && self.seal_due());
         let mut durable_at = None;
-        if !self.pending.is_empty() {
-            // 1. durable
-            self.waiting = true; // until the confirmations are out
-            self.wait(
-                FLUSH_WAIT,
-                "SQL or Redis to take the batch",
-                self.engine.flush(),
-            )
-            .map_err(|e| self.why_not_durable(e))?;
+        while self.oldest_sealed_is_durable(block)? {
             // 2. DLQ records acknowledged
+            self.waiting = true; // until the confirmations are out
             self.deliver_dead_letters()?;
-            durable_at = Some(Instant::now());
+            durable_at.get_or_insert_with(Instant::now);
             // 3. confirmations
-            let partitions: Vec<Partition> = self.pending.keys().cloned().collect();
+            let partitions: Vec<Partition> = self.sealed[0].records.keys().cloned().collect();
             for partition in partitions {
                 self.confirm(&partition)?;
             }
-            self.pending_since = None;
+            self.sealed.pop_front();
             self.waiting = false;
+            block = all;
+            // 4. the checkpoint events this batch made due, before the next batch moves
+            // them on (one per confirmation with `checkpoint_every_batches = 1`)
+            self.publish_checkpoints(false)?;
         }
-        // 4. checkpoint events, before the offsets they describe are committed
+        // 1. seal, when due and a batch in flight has room
+        if !all && self.seal_due() && self.sealed.len() < super::MAX_SEALED {
+            sealing = true;
+            self.seal()?;
+        }
+        // 4. checkpoint events due by age (all of them with `all`), before the offsets they
+        // describe are committed
         self.publish_checkpoints(all)?;
         // 5. commit
         self.commit(consumer)?;
         if let Some(t) = durable_at {
             self.meters.confirm_commit.record(t.elapsed());
         }
+        Ok(sealing
+            || durable_at.is_some()
+            || self.summary.checkpoints > published
+            || self.uncommitted.len() < uncommitted)
+    }
+
+    /// Hands everything pending to the engine to be made durable; the loop goes on consuming.
+    fn seal(&mut self) -> Result<()> {
+        let sources = self
+            .pending
+            .keys()
+            .map(|(topic, partition)| format!("{topic}/{partition}"))
+            .collect();
+        let answer = self.engine.seal(sources)?;
+        self.sealed.push_back(Sealed {
+            records: std::mem::take(&mut self.pending),
+            answer,
+            states: None,
+            since: Instant::now(),
+        });
+        self.pending_since = None;
         Ok(())
+    }
+
+    /// Whether the oldest sealed batch is durable (its answer came); with `block`, waits for
+    /// it up to [`FLUSH_WAIT`]. One that has waited that long fails the cycle and pauses
+    /// consumption until it is durable.
+    fn oldest_sealed_is_durable(&mut self, block: bool) -> Result<bool> {
+        let Some(oldest) = self.sealed.front_mut() else {
+            return Ok(false);
+        };
+        if oldest.states.is_some() {
+            return Ok(true);
+        }
+        let answer = if block {
+            match self
+                .handle
+                .block_on(tokio::time::timeout(FLUSH_WAIT, &mut oldest.answer))
+            {
+                Ok(answer) => Some(answer.map_err(|_| ())),
+                Err(_) => None,
+            }
+        } else {
+            match oldest.answer.try_recv() {
+                Ok(states) => Some(Ok(states)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Closed) => Some(Err(())),
+            }
+        };
+        let overdue = block || oldest.since.elapsed() >= FLUSH_WAIT;
+        match answer {
+            Some(Ok(states)) => {
+                let states = states.into_iter().map(|s| (s.source.clone(), s));
+                oldest.states = Some(states.collect());
+                Ok(true)
+            }
+            Some(Err(())) => Err(SyncError::NotRunning),
+            None if overdue => {
+                self.waiting = true;
+                Err(self.why_not_durable(SyncError::Unavailable(format!(
+                    "waited {FLUSH_WAIT:?} for SQL or Redis to take the batch"
+                ))))
+            }
+            None => Ok(false),
+        }
     }
 
     /// A flush that timed out says only that it waited; the write the engine is retrying
@@ -184,18 +270,19 @@ impl Pipeline {
     fn confirm(&mut self, partition: &Partition) -> Result<()> {
         let (topic, number) = partition;
         let source = format!("{topic}/{number}");
-        // nothing else writes this partition while we own it: this is the root after
-        // exactly these records (or, after a crash, after what SQL already had)
-        let root = self.wait(READ_WAIT, "SQL to answer", self.engine.merkle_root(&source))?;
-        let sql_offset = self
-            .wait(
-                READ_WAIT,
-                "SQL to answer",
-                self.engine.source_version(&source),
-            )?
-            .map_or(-1, |v| v as i64 - 1);
+        let sealed = &self.sealed[0];
+        // nothing else writes this partition while we own it, and the engine read this right
+        // after the batch: the root after exactly these records (or, after a crash, after
+        // what SQL already had)
+        let state = sealed
+            .states
+            .as_ref()
+            .and_then(|states| states.get(&source))
+            .cloned()
+            .ok_or_else(|| SyncError::Unavailable(format!("no sealed state for {source}")))?;
+        let (root, sql_offset) = (state.root, state.progress.map_or(-1, |v| v as i64 - 1));
         let horizon = self.engine.replay_horizon(&source).unwrap_or(0);
-        let consumed = &self.pending[partition];
+        let consumed = &sealed.records[partition];
         let oldest_ms = consumed.oldest_ms;
         let items: Vec<ConfirmedItem> = consumed
             .records
@@ -269,7 +356,7 @@ impl Pipeline {
         unpublished.checkpoint.item_count = root.item_count;
         unpublished.batches += 1;
         self.uncommitted.insert(partition.clone(), last_offset + 1);
-        self.pending.remove(partition);
+        self.sealed[0].records.remove(partition);
         Ok(())
     }
 
@@ -346,22 +433,17 @@ impl Pipeline {
         }
     }
 
-    fn pending_records(&self) -> usize {
-        self.pending.values().map(|u| u.records.len()).sum()
+    /// Records consumed and not confirmed yet (sealed or not).
+    pub(super) fn pending_records(&self) -> usize {
+        let sealed = self.sealed.iter().flat_map(|s| s.records.values());
+        sealed
+            .chain(self.pending.values())
+            .map(|u| u.records.len())
+            .sum()
     }
 
-    /// Runs an engine call on the runtime, bounded by `limit`.
-    fn wait<T>(
-        &self,
-        limit: Duration,
-        what: &str,
-        call: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        match self.handle.block_on(tokio::time::timeout(limit, call)) {
-            Ok(result) => result,
-            Err(_) => Err(SyncError::Unavailable(format!(
-                "waited {limit:?} for {what}"
-            ))),
-        }
+    /// Records consumed and not sealed yet.
+    pub(super) fn unsealed_records(&self) -> usize {
+        self.pending.values().map(|u| u.records.len()).sum()
     }
 }

@@ -188,12 +188,17 @@ impl Pipeline {
         self.dlq_reported_at = Some(Instant::now());
     }
 
-    /// Pauses every assigned partition while the engine cannot take more (pending budget full)
-    /// or a cycle is stuck on something (SQL, Redis, the DLQ or output topic); resumes when
-    /// both clear. Paused, the loop keeps polling, so group membership and rebalances carry on.
+    /// Pauses every assigned partition while the engine cannot take more (pending budget full
+    /// or a write it keeps retrying) or a cycle is stuck on something (SQL, Redis, the DLQ or
+    /// output topic); resumes when they clear. Paused, the loop keeps polling, so group membership and rebalances carry on.
     pub fn backpressure<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         self.meters.memory.sample(&self.engine);
-        let blocked = self.halted || self.waiting || !self.engine.has_room(BACKPRESSURE_ROOM);
+        // a write the engine keeps retrying holds up every batch after it: consuming more
+        // would only fill memory (the cycle notices too, once the batch is overdue)
+        let blocked = self.halted
+            || self.waiting
+            || self.engine.write_failure().is_some()
+            || !self.engine.has_room(BACKPRESSURE_ROOM);
         if !blocked && !self.paused {
             return;
         }

@@ -1,12 +1,21 @@
 //! What has been consumed but not yet committed, and the cycle that commits it.
 //!
-//! The cycle, in [`Pipeline::cycle`] (every `batch_flush_ms` or `batch_flush_count` records):
-//! 1. make the engine durable (`flush`, bounded by [`FLUSH_WAIT`](cycle::FLUSH_WAIT));
-//! 2. have every DLQ record acknowledged by the DLQ topic;
-//! 3. per partition: read its state root, produce its confirmation (each item with its
-//!    outcome), and move it from `pending` to `uncommitted`;
+//! The cycle, in [`Pipeline::cycle`], overlaps the stores with consumption:
+//! 1. **seal**: every `batch_flush_ms` or `batch_flush_count` records, what is `pending` is
+//!    handed to the engine to be made durable ([`SyncEngine::seal`]) and moves to `sealed`;
+//!    the loop goes on consuming the next batch while the engine writes this one (at most
+//!    [`MAX_SEALED`] batches in flight). The engine's answer carries each partition's root and
+//!    progress right after the batch, so a confirmation never describes later records.
+//! 2. once the oldest sealed batch is durable (its answer came, waited for at most
+//!    [`FLUSH_WAIT`](cycle::FLUSH_WAIT)): have every DLQ record acknowledged by the DLQ topic;
+//! 3. per partition of it: produce its confirmation (each item with its outcome, the root of
+//!    the answer), and move it to `uncommitted`;
 //! 4. produce the checkpoint events that are due;
 //! 5. commit `uncommitted` for the partitions still assigned.
+//!
+//! Batches are confirmed oldest first, so per partition in offset order, and commits follow
+//! confirmations. A revocation or a stop seals everything and waits for all of it, as before
+//! the overlap.
 //!
 //! A retryable failure at any step leaves everything after it for the next attempt (backoff
 //! from [`FIRST_RETRY`](cycle::FIRST_RETRY) to [`LAST_RETRY`](cycle::LAST_RETRY)); steps 1–3
@@ -21,20 +30,21 @@
 //! its confirmation is delivered, and the cycle times its confirm-and-commit tail.
 //!
 //! A record moves one way through the [`Pipeline`]'s fields: it is `pending` from
-//! [`Pipeline::accept`] until its partition's confirmation, then its offset is `uncommitted`
+//! [`Pipeline::accept`] until it is sealed, `sealed` until its partition's confirmation, then
+//! its offset is `uncommitted`
 //! until the commit; a bad record also waits in `dead_letters` until the DLQ topic
 //! acknowledges it, and a confirmed partition's state waits in `checkpoints` until its
 //! checkpoint event goes out. A revoked partition gets one last cycle, then what is left of it
-//! in all four is dropped ([`Pipeline::release`]).
+//! in all five is dropped ([`Pipeline::release`]).
 //!
 //! | file | role |
 //! |---|---|
 //! | `mod.rs` | the [`Pipeline`] and what it holds |
 //! | `intake` | a consumed record: decoded, to the engine or the DLQ, pending; backpressure |
-//! | `cycle` | when the cycle is due, its five steps, its retries, halting on a fatal error |
+//! | `cycle` | when the cycle is due, sealing, its five steps, its retries, halting on a fatal error |
 //! | `release` | revoked partitions, draining after a stop, stalls |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +60,11 @@ use super::stall::Stall;
 use super::Summary;
 use crate::engine::SyncEngine;
 use crate::error::SyncError;
+use crate::writer::SealedState;
+
+/// Sealed batches in flight: one being written while the loop fills the next is what lets
+/// consumption overlap the stores; more only hold memory.
+const MAX_SEALED: usize = 2;
 
 mod cycle;
 mod intake;
@@ -80,8 +95,11 @@ pub(super) struct Pipeline {
     handle: Handle,
     config: PipelineConfig,
     health: Arc<Health>,
-    /// Per partition, the records consumed since its last confirmation, in offset order.
+    /// Per partition, the records consumed and not sealed yet, in offset order.
     pending: BTreeMap<Partition, Unconfirmed>,
+    /// Sealed batches, oldest first: confirmed in this order, so per partition in offset
+    /// order. At most [`MAX_SEALED`] unless a revocation or a stop seals everything.
+    sealed: VecDeque<Sealed>,
     pending_since: Option<Instant>,
     /// Bad records not yet acknowledged by the DLQ topic: no confirmation before they are.
     dead_letters: Vec<DeadLetter>,
@@ -127,6 +145,17 @@ struct Meters {
     memory: Memory,
 }
 
+/// Records handed over to be made durable ([`SyncEngine::seal`]), waiting for the answer
+/// (each partition's root and progress right after them) and then for their confirmations.
+/// The poll loop consumes the next batch meanwhile.
+struct Sealed {
+    records: BTreeMap<Partition, Unconfirmed>,
+    answer: tokio::sync::oneshot::Receiver<Vec<SealedState>>,
+    /// The answer once it came, by source (`topic/partition`).
+    states: Option<BTreeMap<String, SealedState>>,
+    since: Instant,
+}
+
 /// A partition's newest confirmed state that no checkpoint event carries yet.
 struct Unpublished {
     checkpoint: Checkpoint,
@@ -150,6 +179,7 @@ impl Pipeline {
             config,
             health,
             pending: BTreeMap::new(),
+            sealed: VecDeque::new(),
             pending_since: None,
             dead_letters: Vec::new(),
             uncommitted: BTreeMap::new(),

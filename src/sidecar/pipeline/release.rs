@@ -24,10 +24,12 @@ impl Pipeline {
         }
         self.dead_letters.retain(|l| !revoked.contains(&l.source));
         for partition in revoked {
-            let left = self
-                .pending
-                .remove(partition)
-                .map_or(0, |p| p.records.len());
+            let unsealed = self.pending.remove(partition).into_iter();
+            let sealed = self
+                .sealed
+                .iter_mut()
+                .flat_map(|s| s.records.remove(partition));
+            let left: usize = unsealed.chain(sealed).map(|p| p.records.len()).sum();
             let uncommitted = self.uncommitted.remove(partition);
             self.checkpoints.remove(partition);
             self.engine
@@ -42,6 +44,8 @@ impl Pipeline {
                 );
             }
         }
+        // a batch left with no records needs no answer any more
+        self.sealed.retain(|s| !s.records.is_empty());
         if self.pending.is_empty() {
             self.pending_since = None;
         }
@@ -61,7 +65,10 @@ impl Pipeline {
 
     /// Nothing consumed is left uncommitted, and no checkpoint event is unpublished.
     pub fn is_settled(&self) -> bool {
-        self.pending.is_empty() && self.uncommitted.is_empty() && self.checkpoints.is_empty()
+        self.pending.is_empty()
+            && self.sealed.is_empty()
+            && self.uncommitted.is_empty()
+            && self.checkpoints.is_empty()
     }
 
     /// Judges whether the pipeline is stalled (a fatal SQL error in a batch or in the cycle's
