@@ -227,7 +227,8 @@ fn consume(
             .lock()
             .expect("pipeline lock")
             .backpressure(&consumer);
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+        let wait = pipeline.lock().expect("pipeline lock").poll_wait();
+        if let Some(message) = consumer.poll(wait) {
             match message {
                 Ok(message) => pipeline.lock().expect("pipeline lock").accept(&message)?,
                 Err(e) => warn!(error = %e, "consumer error (librdkafka retries)"),

@@ -433,6 +433,17 @@ impl Pipeline {
         }
     }
 
+    /// How long the poll loop may wait for a message: briefly while a sealed batch is being
+    /// written, so its confirmation goes out as soon as it is durable rather than after the
+    /// next fetch (librdkafka's `fetch.wait.max.ms` can hold a poll for 500 ms).
+    pub fn poll_wait(&self) -> Duration {
+        if self.sealed.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(2)
+        }
+    }
+
     /// Records consumed and not confirmed yet (sealed or not).
     pub(super) fn pending_records(&self) -> usize {
         let sealed = self.sealed.iter().flat_map(|s| s.records.values());
