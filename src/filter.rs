@@ -106,14 +106,19 @@ impl L3Filter {
 
     fn record(&self, id: &str, live: bool) {
         let mut state = self.write();
-        // A failed add has evicted some other fingerprint; a remove that finds no copy means
-        // a write was missed. Either way a copy that a live id needs may be gone.
-        let kept = if live {
-            state.cuckoo.add(id).is_ok()
-        } else {
-            state.cuckoo.delete(id)
-        };
-        state.trusted &= kept;
+        // An untrusted filter answers "maybe" until a rebuild replaces it whole, so its
+        // fingerprints no longer matter: skip them. (Adding to an overfull filter costs up to
+        // 500 random relocations per id, which made it most of the write path's CPU.)
+        if state.trusted {
+            // A failed add has evicted some other fingerprint; a remove that finds no copy
+            // means a write was missed. Either way a copy that a live id needs may be gone.
+            let kept = if live {
+                state.cuckoo.add(id).is_ok()
+            } else {
+                state.cuckoo.delete(id)
+            };
+            state.trusted &= kept;
+        }
         if let Some(log) = &mut state.log {
             log.insert(id.to_owned(), live);
         }
@@ -182,7 +187,7 @@ impl Rebuild {
         let state = self.filter.read();
         for id in ids {
             let id = id.as_ref();
-            if !state.log.as_ref().is_some_and(|log| log.contains_key(id)) {
+            if self.next.trusted && !state.log.as_ref().is_some_and(|log| log.contains_key(id)) {
                 self.next.trusted &= self.next.cuckoo.add(id).is_ok();
             }
         }
@@ -193,7 +198,7 @@ impl Rebuild {
     pub fn finish(mut self) {
         let mut state = self.filter.write();
         for (id, live) in state.log.take().unwrap_or_default() {
-            if live {
+            if live && self.next.trusted {
                 self.next.trusted &= self.next.cuckoo.add(&id).is_ok();
             }
         }
