@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{EngineState, Sequencer, SyncEngine};
@@ -26,7 +25,7 @@ use crate::tier::memory::MemoryTier;
 use crate::tier::redis::{answers_plaintext, is_connection_error, RedisAccess, RedisTier};
 use crate::tier::sql::SqlTier;
 use crate::tier::DurableTier;
-use crate::writer::{Writer, BATCH_RECORDS};
+use crate::writer::{Writer, WriterParts};
 
 impl SyncEngine {
     /// Connects the durable tier (applying migrations) and starts the writer.
@@ -57,23 +56,17 @@ impl SyncEngine {
         if self.cache.is_some() {
             repairs.load(&*tier).await?;
         }
-        let (queue, receiver) = mpsc::unbounded_channel();
         let filter = self.config.l3_filter.then(|| Arc::new(L3Filter::new(1024)));
-        let writer = Writer {
-            queue_handle: queue.downgrade(),
-            filter: filter.clone(),
-            rebuilding: false,
-            queue: receiver,
+        let (writer, queue) = Writer::new(WriterParts {
             tier: tier.clone(),
             cache: self.cache.clone(),
             l1: self.l1.clone(),
+            filter: filter.clone(),
             config: self.config_rx.clone(),
             horizons: self.horizons.clone(),
             repairs,
             failure: self.failure.clone(),
-            failure_reported: None,
-            batch_records: metrics::histogram!(BATCH_RECORDS),
-        };
+        });
         *self.writer.lock().expect("writer lock") = Some(tokio::spawn(writer.run()));
         *self.sequencer.lock().expect("sequencer lock") = Sequencer {
             clock,

@@ -2,38 +2,44 @@
 //!
 //! ```text
 //! submit/delete ─► L1 pending ─► queue ─► Batch (newest op per id)
-//!     ─► L3 transaction (retried until it commits) ─► Redis pipeline ─► L1 settle
+//!     ─► L3 transaction (retried until it commits)
+//!     ─► cache stage (its own task, overlapping the next batch's transaction):
+//!            Redis pipeline ─► L1 settle ─► replies that waited for it (flush, seal)
 //!
-//! set_state / delete_prefix / delete_by_state / flush:
-//!     flush the batch first, then run alone (L3 ─► Redis ─► L1), then reply
+//! set_state / delete_prefix / delete_by_state / promotions:
+//!     flush the batch first and wait for the cache stage, then run alone (L3 ─► Redis ─► L1)
 //!
-//! between commands: Redis repairs (crate::repair)
+//! between commands, with the cache stage idle: Redis repairs (crate::repair)
 //! ```
 //!
 //! Because one task applies everything in queue order, a delete is never overtaken by an
 //! earlier put, and a range operation sees every write submitted before it. A failing L3 is
 //! retried with backoff, never skipped: the batch stays pending (and submit waits on the
-//! pending budget) until it commits. Redis is written after L3 and before L1 settles; ids it
-//! did not take are recorded for repair before the batch settles, so a reader that misses L1
-//! can never find an older value in Redis than in SQL. Writes routed to Redis only are
-//! retried until Redis takes them.
+//! pending budget) until it commits. Redis is written after L3 and before L1 settles, one
+//! batch at a time in commit order ([`stage`]); ids it did not take are recorded for repair
+//! before the batch settles, so a reader that misses L1 can never find an older value in
+//! Redis than in SQL. Writes routed to Redis only are retried until Redis takes them.
 //!
 //! A write being retried is published as a [`WriteFailure`] (what fails, its class, since
 //! when), so the sidecar can tell a fatal SQL error from an outage and say why it is stuck;
 //! the retries log their first failure and then one line per [`REPORT_EVERY`], not one each.
 
+mod stage;
+
+use stage::{CacheStage, Committed, Reports, Stage};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::batch::{Batch, Entry, Limits};
 use crate::config::SyncEngineConfig;
 use crate::error::{ErrorClass, Result};
 use crate::filter::{L3Filter, Rebuild};
 use crate::item::SyncItem;
-use crate::l1::{Settled, Stamp, L1};
+use crate::l1::L1;
 use crate::repair::Repairs;
 use crate::tier::cache::{Cache, CacheWrite};
 use crate::tier::{DurableTier, Op};
@@ -95,26 +101,37 @@ impl Range {
     }
 }
 
+/// The writer task: the queue's only reader, and the SQL stage of every batch.
 pub(crate) struct Writer {
-    pub queue: mpsc::UnboundedReceiver<Command>,
+    queue: mpsc::UnboundedReceiver<Command>,
+    tier: Arc<dyn DurableTier>,
+    /// L2 (Redis), to see whether it is away; the cache stage writes it.
+    cache: Option<Arc<dyn Cache>>,
+    stage: Stage,
+    filter: Option<Arc<L3Filter>>,
+    /// For the filter's rebuild task to hand its result back without keeping the queue open.
+    queue_handle: mpsc::WeakUnboundedSender<Command>,
+    rebuilding: bool,
+    /// Batch limits are read from here before every step, so they can change at run time.
+    config: watch::Receiver<SyncEngineConfig>,
+    horizons: Horizons,
+    /// Failing transactions and seal reads, in the shared [`WriteFailure`].
+    reports: Reports,
+    /// `sync_engine_batch_records` (a handle: the writer must not search the registry).
+    batch_records: metrics::Histogram,
+}
+
+/// What a writer is given: its tiers and the state it shares with the engine.
+pub(crate) struct WriterParts {
     pub tier: Arc<dyn DurableTier>,
-    /// L2 (Redis), written after each commit.
     pub cache: Option<Arc<dyn Cache>>,
     pub l1: Arc<L1>,
     pub filter: Option<Arc<L3Filter>>,
-    /// For the filter's rebuild task to hand its result back without keeping the queue open.
-    pub queue_handle: mpsc::WeakUnboundedSender<Command>,
-    pub rebuilding: bool,
-    /// Batch limits are read from here before every step, so they can change at run time.
     pub config: watch::Receiver<SyncEngineConfig>,
     pub horizons: Horizons,
+    /// Loaded already (see [`Repairs::load`]).
     pub repairs: Repairs,
-    /// The write being retried, if any (shared with the engine).
     pub failure: Failures,
-    /// When the current failure was last logged at WARN.
-    pub failure_reported: Option<Instant>,
-    /// `sync_engine_batch_records` (a handle: the writer must not search the registry).
-    pub batch_records: metrics::Histogram,
 }
 
 /// A write the writer keeps retrying.
@@ -149,15 +166,38 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 const FILTER_PAGE: usize = 10_000;
 
 impl Writer {
+    /// A writer and the queue that feeds it. Nothing runs until [`Writer::run`] is spawned.
+    pub(crate) fn new(parts: WriterParts) -> (Self, mpsc::UnboundedSender<Command>) {
+        let (sender, queue) = mpsc::unbounded_channel();
+        let writer = Writer {
+            queue,
+            queue_handle: sender.downgrade(),
+            tier: parts.tier.clone(),
+            cache: parts.cache.clone(),
+            stage: Stage::new(CacheStage {
+                cache: parts.cache,
+                tier: parts.tier,
+                l1: parts.l1,
+                repairs: parts.repairs,
+                reports: Reports::new("Redis", parts.failure.clone()),
+            }),
+            filter: parts.filter,
+            rebuilding: false,
+            config: parts.config,
+            horizons: parts.horizons,
+            reports: Reports::new("SQL", parts.failure),
+            batch_records: metrics::histogram!(BATCH_RECORDS),
+        };
+        (writer, sender)
+    }
+
     /// Runs until every sender is gone, then flushes what is left and returns.
     pub(crate) async fn run(mut self) {
         let mut batch = Batch::default();
         loop {
             self.rebuild_filter_if_due();
-            if let Some(redis) = &self.cache {
-                if Instant::now() >= self.repairs.next() {
-                    self.repairs.step(&*self.tier, &**redis).await;
-                }
+            if self.stage.repair_due().is_some() {
+                self.stage.idle().await.repair_if_due().await;
             }
             let limits = Limits::from(&*self.config.borrow());
             let deadline = batch.deadline(&limits);
@@ -165,17 +205,19 @@ impl Writer {
                 self.flush(&mut batch).await;
                 continue;
             }
-            let repairs = self.cache.as_ref().map(|_| self.repairs.next());
-            let command = match deadline.into_iter().chain(repairs).min() {
-                None => self.queue.recv().await,
-                Some(wake) => tokio::select! {
-                    biased;
-                    command = self.queue.recv() => command,
-                    _ = tokio::time::sleep_until(wake.into()) => continue,
-                },
+            let wake = deadline.into_iter().chain(self.stage.repair_due()).min();
+            let command = tokio::select! {
+                biased;
+                stage = self.stage.done() => {
+                    self.stage.finished(stage);
+                    continue;
+                }
+                command = self.queue.recv() => command,
+                _ = sleep_until(wake) => continue,
             };
             let Some(command) = command else {
                 self.flush(&mut batch).await;
+                self.stage.idle().await;
                 return;
             };
             match command {
@@ -189,12 +231,9 @@ impl Writer {
                     }
                     continue;
                 }
-                Command::Promote { item, epoch } => {
-                    self.promote(&item, epoch).await;
-                    continue;
-                }
                 Command::FinishRebuild(rebuild) => {
                     // between batches: no write is between its commit and its filter call
+                    // (the SQL stage makes the filter calls right after each commit)
                     rebuild.finish();
                     self.rebuilding = false;
                     debug!("L3 filter rebuilt");
@@ -204,15 +243,18 @@ impl Writer {
             }
             self.flush(&mut batch).await;
             match command {
-                Command::Write(_) | Command::Promote { .. } | Command::FinishRebuild(_) => {
-                    unreachable!("handled above")
-                }
-                Command::Flush(reply) => {
+                Command::Write(_) | Command::FinishRebuild(_) => unreachable!("handled above"),
+                Command::Flush(reply) => self.stage.after(Box::new(move || {
                     let _ = reply.send(());
-                }
+                })),
                 Command::Seal { sources, reply } => {
-                    let _ = reply.send(self.sealed_states(sources).await);
+                    // read while the cache stage writes the last batch; sent once it is done
+                    let states = self.sealed_states(sources).await;
+                    self.stage.after(Box::new(move || {
+                        let _ = reply.send(states);
+                    }));
                 }
+                Command::Promote { item, epoch } => self.promote(&item, epoch).await,
                 Command::SetState {
                     id,
                     state,
@@ -254,7 +296,7 @@ impl Writer {
                         break;
                     }
                     Err(e) => {
-                        if self.failed("SQL", e.class(), &e.to_string()) {
+                        if self.reports.failed(e.class(), &e.to_string()) {
                             warn!(error = %e, source, retry_in = ?delay,
                                 "reading a partition's state root failed; retrying");
                         }
@@ -264,7 +306,7 @@ impl Writer {
                 }
             }
         }
-        self.succeeded();
+        self.reports.succeeded();
         states
     }
 
@@ -278,12 +320,13 @@ impl Writer {
         let deleted: Result<Vec<String>> =
             deleted.map(|removed| removed.into_iter().map(|r| r.id).collect());
         self.forget(&deleted);
-        if let (Ok(ids), Some(redis)) = (&deleted, &self.cache) {
+        let stage = self.stage.idle().await;
+        if let (Ok(ids), Some(redis)) = (&deleted, &stage.cache) {
             let writes: Vec<CacheWrite> = ids.iter().map(|id| CacheWrite::Remove { id }).collect();
             if let Err(e) = redis.write(&writes).await {
                 warn!(error = %e, items = ids.len(), "Redis write failed; those ids are repaired from SQL");
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                self.repairs.mark(&*self.tier, &ids).await;
+                stage.repairs.mark(&*stage.tier, &ids).await;
             }
             let cache_only = match range {
                 Range::Prefix(prefix) => redis.remove_prefix(prefix).await,
@@ -293,7 +336,8 @@ impl Writer {
                 warn!(error = %e, "Redis range delete failed; cache-only copies expire by TTL");
             }
         }
-        self.l1
+        stage
+            .l1
             .invalidate_where(version, |item| range.contains(item));
         deleted.map(|ids| ids.len() as u64)
     }
@@ -357,9 +401,10 @@ impl Writer {
 
     /// Writes a promoted item to Redis if it is still current: no commit since it was read
     /// (the L1 epoch is unchanged) and no newer op pending for it.
-    async fn promote(&self, item: &SyncItem, epoch: u64) {
-        let Some(redis) = &self.cache else { return };
-        if self.l1.epoch() != epoch || self.l1.has_pending(item.id()) {
+    async fn promote(&mut self, item: &SyncItem, epoch: u64) {
+        let stage = self.stage.idle().await;
+        let Some(redis) = &stage.cache else { return };
+        if stage.l1.epoch() != epoch || stage.l1.has_pending(item.id()) {
             return;
         }
         let ttl = item
@@ -377,34 +422,40 @@ impl Writer {
 
     async fn set_state(&mut self, id: &str, state: &str, version: u64) -> Result<bool> {
         let in_l3 = self.tier.set_state(id, state, version).await?;
+        let stage = self.stage.idle().await;
         let mut in_redis = false;
-        if let Some(redis) = &self.cache {
+        if let Some(redis) = &stage.cache {
             match redis.restate(id, state, version).await {
                 Ok(found) => in_redis = found,
                 Err(e) => {
                     warn!(error = %e, id, "Redis set_state failed; the id is repaired from SQL");
-                    self.repairs.mark(&*self.tier, &[id]).await;
+                    stage.repairs.mark(&*stage.tier, &[id]).await;
                 }
             }
         }
         // a cache-only item may live in L1 and Redis alone
-        let in_l1 = self.l1.restate(id, state, version);
+        let in_l1 = stage.l1.restate(id, state, version);
         Ok(in_l3 || in_redis || in_l1)
     }
 
-    /// Makes the batch durable (retrying until it is), mirrors it to Redis, settles L1.
+    /// Makes the batch durable (retrying until it is), then hands it to the cache stage,
+    /// which writes Redis and settles L1 while the next batch goes to SQL.
     async fn flush(&mut self, batch: &mut Batch) {
         if batch.is_empty() {
             return;
         }
         let entries = batch.take();
-        let (durable, cache_only): (Vec<&Entry>, Vec<&Entry>) = entries.iter().partition(|e| e.sql);
-        let ops: Vec<Op> = durable.iter().map(|e| e.op.clone()).collect();
+        let ops: Vec<Op> = entries
+            .iter()
+            .filter(|e| e.sql)
+            .map(|e| e.op.clone())
+            .collect();
         // Redis is known to be away: record the repairs first and leave Redis alone
         let redis_away = self.cache.as_ref().is_some_and(|r| !r.available());
         if redis_away {
             let ids: Vec<&str> = ops.iter().map(Op::id).collect();
-            self.repairs.mark(&*self.tier, &ids).await;
+            let stage = self.stage.idle().await;
+            stage.repairs.mark(&*stage.tier, &ids).await;
         }
         self.batch_records.record(entries.len() as f64);
         let mut delay = FIRST_RETRY;
@@ -412,7 +463,7 @@ impl Writer {
             match self.tier.apply(&ops).await {
                 Ok(applied) => break applied,
                 Err(e) => {
-                    if self.failed("SQL", e.class(), &e.to_string()) {
+                    if self.reports.failed(e.class(), &e.to_string()) {
                         warn!(error = %e, class = ?e.class(), items = ops.len(), retry_in = ?delay,
                             "L3 batch failed; it stays pending and is retried");
                     }
@@ -421,188 +472,158 @@ impl Writer {
                 }
             }
         };
-        self.succeeded();
+        self.reports.succeeded();
         {
             let mut horizons = self.horizons.lock().expect("horizons lock");
-            for (entry, outcome) in durable.iter().zip(&applied) {
+            for (op, outcome) in ops.iter().zip(&applied) {
                 if let Some(before) = outcome.progress_before {
-                    horizons
-                        .entry(entry.op.source().to_string())
-                        .or_insert(before);
+                    horizons.entry(op.source().to_string()).or_insert(before);
                 }
             }
         }
         // L3 liveness changes reach the filter before L1 settles: a reader that misses L1
         // after this point must not be told "absent" for an item just written
         if let Some(filter) = &self.filter {
-            for (entry, outcome) in durable.iter().zip(&applied) {
-                match (&entry.op, outcome.applied, outcome.was_live()) {
-                    (Op::Put(_), true, false) => filter.insert(entry.op.id()),
-                    (Op::Delete { .. }, true, true) => filter.remove(entry.op.id()),
+            for (op, outcome) in ops.iter().zip(&applied) {
+                match (op, outcome.applied, outcome.was_live()) {
+                    (Op::Put(_), true, false) => filter.insert(op.id()),
+                    (Op::Delete { .. }, true, true) => filter.remove(op.id()),
                     _ => {}
                 }
             }
         }
-        // cache-only entries skip L3 and always "apply"
-        let outcomes: Vec<(&Entry, bool)> = durable
-            .iter()
-            .copied()
-            .zip(applied.iter().map(|a| a.applied))
-            .chain(cache_only.iter().map(|e| (*e, true)))
-            .collect();
-
-        if let Some(redis) = self.cache.clone() {
-            // a replay of exactly what SQL holds is written again: the crash it follows may
-            // have come between the commit and the Redis write
-            let durable_writes: Vec<CacheWrite> = durable
-                .iter()
-                .zip(&applied)
-                .filter(|(entry, a)| a.applied || (a.current && holds_exactly(&entry.op, a)))
-                .map(|(entry, _)| cache_write(entry))
-                .collect();
-            let cache_writes: Vec<CacheWrite> = cache_only.iter().map(|e| cache_write(e)).collect();
-            self.write_redis(&*redis, redis_away, durable_writes, cache_writes)
-                .await;
-        }
-
-        self.l1
-            .settle(outcomes.iter().map(|(entry, applied)| Settled {
-                id: entry.op.id(),
-                stamp: Stamp {
-                    source: entry.op.source(),
-                    version: entry.op.version(),
-                },
-                item: match (&entry.op, applied) {
-                    (Op::Put(item), true) => Some((item, entry.ttl)),
-                    _ => None,
-                },
-            }));
-        debug!(items = outcomes.len(), "batch committed");
-    }
-
-    /// Writes a committed batch to Redis. Durable ids Redis does not take are recorded for
-    /// repair (already done when `skip_durable`); cache-only writes, which nothing could
-    /// repair, are retried until Redis takes them.
-    async fn write_redis(
-        &mut self,
-        redis: &dyn Cache,
-        skip_durable: bool,
-        durable: Vec<CacheWrite<'_>>,
-        cache_only: Vec<CacheWrite<'_>>,
-    ) {
-        let mut cache_pending = !cache_only.is_empty();
-        if !skip_durable {
-            let ids: Vec<&str> = durable.iter().map(CacheWrite::id).collect();
-            let mut all = durable.clone();
-            all.extend(cache_only.iter().cloned());
-            match redis.write(&all).await {
-                Ok(()) => cache_pending = false,
-                Err(e) => {
-                    warn!(error = %e, items = ids.len(), "Redis write failed; those ids are repaired from SQL");
-                    self.repairs.mark(&*self.tier, &ids).await;
-                }
-            }
-        }
-        let mut delay = FIRST_RETRY;
-        while cache_pending {
-            match redis.write(&cache_only).await {
-                Ok(()) => {
-                    cache_pending = false;
-                    self.succeeded();
-                }
-                Err(e) => {
-                    let error = format!("Redis tier: {e}");
-                    if self.failed("Redis", ErrorClass::Retryable, &error) {
-                        warn!(error = %e, items = cache_only.len(), retry_in = ?delay,
-                            "Redis does not take cache-only writes (they have no SQL copy); retrying");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(LAST_RETRY);
-                }
-            }
-        }
-        self.repairs.settle(cache_only.iter().map(CacheWrite::id));
+        debug!(items = entries.len(), "batch committed");
+        self.stage
+            .start(Committed {
+                entries,
+                applied,
+                redis_away,
+            })
+            .await;
     }
 }
 
-impl Writer {
-    /// Records a failed attempt; true when it is worth a WARN (the first failure of a streak,
-    /// then one per [`REPORT_EVERY`]; the others are logged at debug level).
-    fn failed(&mut self, tier: &'static str, class: ErrorClass, error: &str) -> bool {
-        let mut failure = self.failure.lock().expect("failure lock");
-        let failure = failure.get_or_insert_with(|| WriteFailure {
-            tier,
-            class,
-            since: Instant::now(),
-            attempts: 0,
-            error: String::new(),
-        });
-        (failure.tier, failure.class) = (tier, class);
-        failure.attempts += 1;
-        failure.error = error.to_string();
-        let report = self
-            .failure_reported
-            .is_none_or(|t| t.elapsed() >= REPORT_EVERY);
-        if report {
-            self.failure_reported = Some(Instant::now());
-        } else {
-            debug!(
-                tier,
-                error,
-                attempts = failure.attempts,
-                "write still failing; retrying"
-            );
-        }
-        report
-    }
-
-    /// The write being retried went through.
-    fn succeeded(&mut self) {
-        if self.failure_reported.take().is_none() {
-            return; // nothing was failing: no lock on the happy path
-        }
-        if let Some(failure) = self.failure.lock().expect("failure lock").take() {
-            info!(
-                tier = failure.tier,
-                attempts = failure.attempts,
-                after = ?failure.since.elapsed(),
-                "write went through after failing"
-            );
-        }
-    }
-}
-
-/// The Redis write of a committed entry: its item with its TTL, or a removal (a delete, or
-/// an item not routed to Redis).
-fn cache_write(entry: &Entry) -> CacheWrite<'_> {
-    match &entry.op {
-        Op::Put(item) if entry.redis => CacheWrite::Put {
-            item,
-            ttl: entry.ttl,
-            mirrored: entry.sql,
-        },
-        op => CacheWrite::Remove { id: op.id() },
-    }
-}
-
-/// Whether the tier's row (or its absence) is what `op` itself wrote — same version and
-/// same content — so rewriting Redis from `op` cannot put anything else there.
-fn holds_exactly(op: &Op, outcome: &crate::tier::Applied) -> bool {
-    match (op, &outcome.prior) {
-        (Op::Put(item), Some(prior)) => prior.content_hash == item.content_hash(),
-        (Op::Delete { .. }, None) => true,
-        _ => false,
+/// Sleeps until `wake`, or forever.
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(wake) => tokio::time::sleep_until(wake.into()).await,
+        None => std::future::pending().await,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use redis::RedisError;
+
+    use crate::tier::cache::{Cache, CacheWrite};
+    use crate::tier::DurableStore;
 
     use crate::config::SyncEngineConfig;
     use crate::options::SubmitOptions;
     use crate::tier::memory::MemoryTier;
     use crate::{SyncEngine, SyncItem};
+
+    /// A cache whose writes wait for a permit, recording the ids of each write call.
+    struct GatedCache {
+        inner: crate::tier::cache::MemoryCache,
+        gate: tokio::sync::Semaphore,
+        calls: std::sync::Mutex<Vec<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Cache for GatedCache {
+        fn available(&self) -> bool {
+            self.inner.available()
+        }
+        async fn write(&self, writes: &[CacheWrite<'_>]) -> std::result::Result<(), RedisError> {
+            self.gate.acquire().await.expect("gate open").forget();
+            let ids = writes.iter().map(|w| w.id().to_string()).collect();
+            self.calls.lock().unwrap().push(ids);
+            self.inner.write(writes).await
+        }
+        async fn get(&self, id: &str) -> CacheResult<Option<(SyncItem, Option<Duration>)>> {
+            self.inner.get(id).await
+        }
+        async fn restate(&self, id: &str, state: &str, version: u64) -> CacheResult<bool> {
+            self.inner.restate(id, state, version).await
+        }
+        async fn remove_prefix(&self, prefix: &str) -> CacheResult<()> {
+            self.inner.remove_prefix(prefix).await
+        }
+        async fn remove_state(&self, state: &str) -> CacheResult<Vec<String>> {
+            self.inner.remove_state(state).await
+        }
+    }
+
+    impl Default for GatedCache {
+        fn default() -> Self {
+            GatedCache {
+                inner: Default::default(),
+                gate: tokio::sync::Semaphore::new(0),
+                calls: Default::default(),
+            }
+        }
+    }
+
+    type CacheResult<T> = std::result::Result<T, RedisError>;
+
+    fn payload(item: Option<SyncItem>) -> Option<Vec<u8>> {
+        item.map(|i| i.content().to_vec())
+    }
+
+    /// The next batch commits to SQL while the cache stage still writes the one before; the
+    /// cache takes the batches in commit order, and `flush` answers only once it has both.
+    #[tokio::test]
+    async fn the_next_batch_commits_while_the_cache_stage_writes_the_one_before() {
+        let config = SyncEngineConfig {
+            batch_flush_count: 2,
+            ..Default::default()
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(config.clone());
+        let tier = Arc::new(MemoryTier::new());
+        let cache = Arc::new(GatedCache::default());
+        let mut engine = SyncEngine::with_tier(config, rx, tier.clone()).with_cache(cache.clone());
+        engine.start().await.unwrap();
+        let item =
+            |id: &str, n: u32| SyncItem::new(id.into(), format!("{{\"n\":{n}}}").into_bytes());
+
+        for n in [1, 2] {
+            engine.submit(item("a", n)).await.unwrap();
+            engine.submit(item("b", n)).await.unwrap();
+        }
+        // batch 2 reaches SQL although the cache has not been let to take batch 1
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while payload(tier.get("a").await.unwrap()) != Some(b"{\"n\":2}".to_vec()) {
+            assert!(Instant::now() < deadline, "batch 2 never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cache.calls.lock().unwrap().is_empty());
+        assert_eq!(cache.inner.peek("a"), None);
+
+        let flushed = engine.flush();
+        tokio::pin!(flushed);
+        cache.gate.add_permits(1);
+        tokio::select! {
+            _ = &mut flushed => panic!("flush answered before the cache took batch 2"),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        cache.gate.add_permits(1);
+        flushed.await.unwrap();
+        assert_eq!(
+            *cache.calls.lock().unwrap(),
+            [vec!["a", "b"], vec!["a", "b"]],
+            "one write per batch, in commit order"
+        );
+        assert_eq!(payload(cache.inner.peek("a")), Some(b"{\"n\":2}".to_vec()));
+        assert_eq!(
+            payload(engine.get("b").await.unwrap()),
+            Some(b"{\"n\":2}".to_vec())
+        );
+        engine.shutdown().await;
+    }
 
     /// A seal's answer describes exactly the writes queued before it, even when writes queued
     /// after it are already waiting (the sidecar consumes the next batch meanwhile).
