@@ -3,6 +3,7 @@
 //! Kept apart from the calls, so that a benchmark can time exactly what the engine sends
 //! ([`RedisTier::put_pipelines`]) instead of encoding it a second time.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::{RedisError, Value};
@@ -40,9 +41,21 @@ impl RedisTier {
                 for write in chunk {
                     command.arg(self.key(write.id()));
                 }
-                command.arg(&self.sets).arg(&self.mirrors);
-                for write in chunk {
-                    add_write(command, write, use_json);
+                let memberships: Vec<Option<Membership>> = chunk.iter().map(membership).collect();
+                let additions = mirror_additions(&memberships);
+                command
+                    .arg(&self.sets)
+                    .arg(&self.mirrors)
+                    .arg(additions.len());
+                for ((partition, bucket), (count, xor)) in &additions {
+                    command
+                        .arg(*partition)
+                        .arg(*bucket)
+                        .arg(*count)
+                        .arg(hex::encode(xor));
+                }
+                for (write, membership) in chunk.iter().zip(&memberships) {
+                    add_write(command, write, membership.as_ref(), use_json);
                 }
                 command.ignore();
                 pipe
@@ -67,28 +80,62 @@ impl RedisTier {
     }
 }
 
-/// The nine script arguments of one write (see `lua/write.lua`).
-fn add_write(command: &mut redis::Pipeline, write: &CacheWrite<'_>, use_json: bool) {
-    command.arg(write.id());
-    let (item, ttl, mirrored) = match write {
-        CacheWrite::Remove { .. } => {
-            command.arg("del").arg("").arg(0).arg("");
-            command.arg("").arg("").arg("").arg("");
-            return;
-        }
+/// A durable item cached without TTL counts in its partition's Merkle mirror.
+struct Membership<'a> {
+    leaf: merkle::Hash,
+    partition: &'a str,
+}
+
+fn membership<'a>(write: &CacheWrite<'a>) -> Option<Membership<'a>> {
+    match write {
         CacheWrite::Put {
             item,
-            ttl,
-            mirrored,
-        } => (item, ttl, *mirrored),
+            ttl: None,
+            mirrored: true,
+        } => Some(Membership {
+            leaf: merkle::leaf(item.id(), item.content_hash()),
+            partition: item.source(),
+        }),
+        _ => None,
+    }
+}
+
+/// What a chunk's memberships add to the mirror: per (partition, bucket), the count and the
+/// XOR of the leaves. The script merges them per bucket and handles only the memberships
+/// the items it replaces take out.
+fn mirror_additions<'a>(
+    memberships: &[Option<Membership<'a>>],
+) -> BTreeMap<(&'a str, u8), (u64, merkle::Hash)> {
+    let mut additions: BTreeMap<(&str, u8), (u64, merkle::Hash)> = BTreeMap::new();
+    for m in memberships.iter().flatten() {
+        let (count, xor) = additions
+            .entry((m.partition, m.leaf[0]))
+            .or_insert((0, [0; 32]));
+        *count += 1;
+        for (x, b) in xor.iter_mut().zip(&m.leaf) {
+            *x ^= b;
+        }
+    }
+    additions
+}
+
+/// The nine script arguments of one write (see `lua/write.lua`).
+fn add_write(
+    command: &mut redis::Pipeline,
+    write: &CacheWrite<'_>,
+    membership: Option<&Membership>,
+    use_json: bool,
+) {
+    command.arg(write.id());
+    let CacheWrite::Put { item, ttl, .. } = write else {
+        command.arg("del").arg("").arg(0).arg("");
+        command.arg("").arg("").arg("").arg("");
+        return;
     };
     let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
-    let membership = if mirrored && ttl.is_none() {
-        let leaf = merkle::leaf(item.id(), item.content_hash());
-        format!("{:02x}{}{}", leaf[0], hex::encode(leaf), item.source())
-    } else {
-        String::new()
-    };
+    let membership = membership.map_or_else(String::new, |m| {
+        format!("{:02x}{}{}", m.leaf[0], hex::encode(m.leaf), m.partition)
+    });
     match item
         .json_text()
         .filter(|text| use_json && redisjson_accepts(text))
