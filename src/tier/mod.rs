@@ -209,6 +209,16 @@ pub trait DurableStore: Send + Sync {
     /// The highest version written by `source` (for the sidecar: last offset + 1).
     async fn source_version(&self, source: &str) -> Result<Option<u64>>;
 
+    /// [`DurableStore::source_version`] of each of `sources`, in order (the SQL tier reads
+    /// them in one query: a checkpoint reads every partition it seals).
+    async fn source_versions(&self, sources: &[String]) -> Result<Vec<Option<u64>>> {
+        let mut versions = Vec::with_capacity(sources.len());
+        for source in sources {
+            versions.push(self.source_version(source).await?);
+        }
+        Ok(versions)
+    }
+
     /// The largest payload the backend accepts in one row, if it has a limit.
     fn payload_limit(&self) -> Option<usize>;
 }
@@ -250,6 +260,16 @@ pub trait StateRootStore: Send + Sync {
 
     /// The digests stored for `partition` (committed with the rows; empty if none).
     async fn merkle_digest(&self, partition: &str) -> Result<PartitionDigest>;
+
+    /// [`StateRootStore::merkle_digest`] of each of `partitions`, in order (the SQL tier reads
+    /// them in one query).
+    async fn merkle_digests(&self, partitions: &[String]) -> Result<Vec<PartitionDigest>> {
+        let mut digests = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            digests.push(self.merkle_digest(partition).await?);
+        }
+        Ok(digests)
+    }
 
     /// Overwrites the stored digests of `partition` (repair: make them describe the rows).
     async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest) -> Result<()>;

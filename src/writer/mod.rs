@@ -276,38 +276,37 @@ impl Writer {
 
     /// Each source's root and progress, read between batches (retried until SQL answers,
     /// as a batch is: nothing can commit meanwhile, so they describe one point in the queue).
+    /// Two reads for all the sources (digests, then progress).
     async fn sealed_states(&mut self, sources: Vec<String>) -> Vec<SealedState> {
-        let mut states = Vec::with_capacity(sources.len());
-        for source in sources {
-            let mut delay = FIRST_RETRY;
-            loop {
-                let read = async {
-                    let digest = self.tier.merkle_digest(&source).await?;
-                    let progress = self.tier.source_version(&source).await?;
-                    Ok::<_, crate::error::SyncError>((digest, progress))
-                };
-                match read.await {
-                    Ok((digest, progress)) => {
-                        states.push(SealedState {
-                            root: crate::merkle::StateRoot::of(&source, &digest),
-                            source,
-                            progress,
-                        });
-                        break;
+        let mut delay = FIRST_RETRY;
+        let (digests, progress) = loop {
+            let read = async {
+                let digests = self.tier.merkle_digests(&sources).await?;
+                let progress = self.tier.source_versions(&sources).await?;
+                Ok::<_, crate::error::SyncError>((digests, progress))
+            };
+            match read.await {
+                Ok(read) => break read,
+                Err(e) => {
+                    if self.reports.failed(e.class(), &e.to_string()) {
+                        warn!(error = %e, sources = sources.len(), retry_in = ?delay,
+                            "reading the sealed partitions' state roots failed; retrying");
                     }
-                    Err(e) => {
-                        if self.reports.failed(e.class(), &e.to_string()) {
-                            warn!(error = %e, source, retry_in = ?delay,
-                                "reading a partition's state root failed; retrying");
-                        }
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(LAST_RETRY);
-                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(LAST_RETRY);
                 }
             }
-        }
+        };
         self.reports.succeeded();
-        states
+        sources
+            .into_iter()
+            .zip(digests.iter().zip(progress))
+            .map(|(source, (digest, progress))| SealedState {
+                root: crate::merkle::StateRoot::of(&source, digest),
+                source,
+                progress,
+            })
+            .collect()
     }
 
     /// L3 first (tombstones), then the filter, Redis (also cache-only items, which SQL never

@@ -312,6 +312,31 @@ impl DurableStore for SqlTier {
         Ok(version.map(|v| v.max(0) as u64))
     }
 
+    async fn source_versions(&self, sources: &[String]) -> Result<Vec<Option<u64>>> {
+        let mut found: HashMap<Vec<u8>, u64> = HashMap::new();
+        for chunk in sources.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT source, version FROM sync_sources WHERE source IN ({})",
+                marks(chunk.len())
+            );
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for source in chunk {
+                    query = query.bind(source.as_bytes());
+                }
+                for row in query.fetch_all(pool).await? {
+                    let source: Vec<u8> = row.try_get(0)?;
+                    let version: i64 = row.try_get(1)?;
+                    found.insert(source, version.max(0) as u64);
+                }
+            });
+        }
+        Ok(sources
+            .iter()
+            .map(|s| found.get(s.as_bytes()).copied())
+            .collect())
+    }
+
     fn payload_limit(&self) -> Option<usize> {
         match self.dialect {
             Dialect::MySql => Some(self.max_statement_bytes),
@@ -429,6 +454,40 @@ impl StateRootStore for SqlTier {
         Ok(digest)
     }
 
+    async fn merkle_digests(&self, partitions: &[String]) -> Result<Vec<PartitionDigest>> {
+        let mut found: HashMap<Vec<u8>, PartitionDigest> = HashMap::new();
+        for chunk in partitions.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT source, bucket, item_count, digest FROM sync_merkle_buckets \
+                 WHERE source IN ({})",
+                marks(chunk.len())
+            );
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for partition in chunk {
+                    query = query.bind(partition.as_bytes());
+                }
+                for row in query.fetch_all(pool).await? {
+                    let source: Vec<u8> = row.try_get(0)?;
+                    let bucket: i64 = row.try_get(1)?;
+                    let count: i64 = row.try_get(2)?;
+                    let text: String = row.try_get(3)?;
+                    let hash = decode_hash(&text).ok_or_else(|| {
+                        sqlx::Error::Decode("sync_merkle_buckets.digest is not 64 hex digits".into())
+                    })?;
+                    found.entry(source).or_default().set_bucket(
+                        bucket as u8,
+                        Bucket { count: count.max(0) as u64, digest: hash },
+                    );
+                }
+            });
+        }
+        Ok(partitions
+            .iter()
+            .map(|p| found.remove(p.as_bytes()).unwrap_or_default())
+            .collect())
+    }
+
     async fn replace_merkle_digest(&self, partition: &str, digest: &PartitionDigest) -> Result<()> {
         let buckets: Vec<(u8, Bucket)> = digest.non_empty().collect();
         let dialect = self.dialect;
@@ -531,5 +590,52 @@ impl RepairMarks for SqlTier {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::SqlTier;
+    use crate::item::SyncItem;
+    use crate::tier::{DurableStore, Op, StateRootStore};
+
+    /// The checkpoint reads (every sealed partition in one query each) answer exactly what
+    /// the per-partition reads do, in the order asked, with nothing for an unknown partition.
+    #[tokio::test]
+    async fn the_reads_of_many_partitions_agree_with_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let tier = SqlTier::connect(&url).await.unwrap();
+        let ops: Vec<Op> = (0..300u64)
+            .map(|i| {
+                let source: Arc<str> = Arc::from(format!("t/{}", i % 3));
+                let item = SyncItem::new(format!("id.{i}"), format!("{{\"i\":{i}}}").into_bytes())
+                    .with_version(i / 3 + 1)
+                    .with_source(source);
+                Op::Put(Arc::new(item))
+            })
+            .collect();
+        tier.apply(&ops).await.unwrap();
+
+        let asked: Vec<String> = ["t/2", "nobody/0", "t/0", "t/1"].map(String::from).into();
+        let digests = tier.merkle_digests(&asked).await.unwrap();
+        let versions = tier.source_versions(&asked).await.unwrap();
+        for (i, partition) in asked.iter().enumerate() {
+            assert_eq!(
+                digests[i],
+                tier.merkle_digest(partition).await.unwrap(),
+                "{partition}"
+            );
+            assert_eq!(
+                versions[i],
+                tier.source_version(partition).await.unwrap(),
+                "{partition}"
+            );
+        }
+        assert_eq!(versions, [Some(100), None, Some(100), Some(100)]);
+        assert_eq!(digests[1], Default::default());
+        assert_ne!(digests[0], digests[2]);
     }
 }
