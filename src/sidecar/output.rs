@@ -110,47 +110,66 @@ impl Output {
         self.wait(delivery)
     }
 
-    /// Produces one flush's confirmation of one partition — split into as many events as the
-    /// size limit needs — and waits for every delivery. A broker that refuses an event as too
-    /// large lowers the limit for good and the whole confirmation is produced again (its
-    /// consumers deduplicate on item identities).
-    pub fn confirm(&mut self, template: &Confirmation, items: &[ConfirmedItem]) -> Result<usize> {
+    /// Produces a sealed batch's confirmations — one per partition, each split into as many
+    /// events as the size limit needs — all at once, then waits for every delivery (one
+    /// linger and one acknowledgement for the batch, not one per partition). The answer has
+    /// one entry per confirmation: the number of events delivered, or why not. A broker that
+    /// refuses an event as too large lowers the limit for good, and the confirmations it hit
+    /// are produced again (their consumers deduplicate on item identities).
+    pub fn confirm(
+        &mut self,
+        confirmations: &[(Confirmation, Vec<ConfirmedItem>)],
+    ) -> Vec<Result<usize>> {
+        let mut results: Vec<Option<Result<usize>>> = confirmations.iter().map(|_| None).collect();
         loop {
-            let events = Confirmation::split(template, items, self.max_event_bytes);
-            let key = template.key();
-            let mut deliveries = Vec::with_capacity(events.len());
-            let mut refused = None;
-            for body in &events {
-                let record = FutureRecord::to(&self.output_topic).key(&key).payload(body);
-                match self.producer.send_result(record) {
-                    Ok(delivery) => deliveries.push(delivery),
-                    Err((e, _)) => {
-                        refused = Some(e);
-                        break;
+            let mut in_flight = Vec::new();
+            for (i, (template, items)) in confirmations.iter().enumerate() {
+                if results[i].as_ref().is_some_and(|r| r.is_ok()) {
+                    continue;
+                }
+                let events = Confirmation::split(template, items, self.max_event_bytes);
+                let key = template.key();
+                let mut deliveries = Vec::with_capacity(events.len());
+                let mut refused = None;
+                for body in &events {
+                    let record = FutureRecord::to(&self.output_topic).key(&key).payload(body);
+                    match self.producer.send_result(record) {
+                        Ok(delivery) => deliveries.push(delivery),
+                        Err((e, _)) => {
+                            refused = Some(e);
+                            break;
+                        }
                     }
                 }
+                in_flight.push((i, events.len(), deliveries, refused));
             }
-            let mut result = match refused {
-                Some(e) => Err(SyncError::Kafka(e)),
-                None => Ok(()),
-            };
-            for delivery in deliveries {
-                let delivered = self.wait(delivery);
-                if result.is_ok() {
-                    result = delivered;
+            let mut retry = false;
+            for (i, events, deliveries, refused) in in_flight {
+                let mut result = match refused {
+                    Some(e) => Err(SyncError::Kafka(e)),
+                    None => Ok(events),
+                };
+                for delivery in deliveries {
+                    let delivered = self.wait(delivery);
+                    if result.is_ok() {
+                        result = delivered.map(|()| events);
+                    }
                 }
+                retry |= result.as_ref().is_err_and(too_large);
+                results[i] = Some(result);
             }
-            match result {
-                Ok(()) => return Ok(events.len()),
-                Err(e) if too_large(&e) && self.max_event_bytes / 2 >= SMALLEST_EVENT => {
-                    self.max_event_bytes /= 2;
-                    warn!(
-                        max_event_bytes = self.max_event_bytes,
-                        "a confirmation was too large for the broker; splitting smaller"
-                    );
-                }
-                Err(e) => return Err(e),
+            if retry && self.max_event_bytes / 2 >= SMALLEST_EVENT {
+                self.max_event_bytes /= 2;
+                warn!(
+                    max_event_bytes = self.max_event_bytes,
+                    "a confirmation was too large for the broker; splitting smaller"
+                );
+                continue;
             }
+            return results
+                .into_iter()
+                .map(|r| r.expect("every confirmation was produced"))
+                .collect();
         }
     }
 

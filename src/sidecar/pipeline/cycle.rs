@@ -146,11 +146,8 @@ impl Pipeline {
             self.waiting = true; // until the confirmations are out
             self.deliver_dead_letters()?;
             durable_at.get_or_insert_with(Instant::now);
-            // 3. confirmations
-            let partitions: Vec<Partition> = self.sealed[0].records.keys().cloned().collect();
-            for partition in partitions {
-                self.confirm(&partition)?;
-            }
+            // 3. confirmations, of every partition of the batch at once
+            self.confirm_oldest()?;
             self.sealed.pop_front();
             self.waiting = false;
             block = all;
@@ -265,9 +262,32 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Produces the confirmation of everything pending for `partition` and moves it to
-    /// `uncommitted`.
-    fn confirm(&mut self, partition: &Partition) -> Result<()> {
+    /// Produces the confirmations of the oldest sealed batch, every partition's at once, and
+    /// moves each delivered one to `uncommitted`; a partition whose confirmation failed stays
+    /// for the next attempt (the first failure is returned).
+    fn confirm_oldest(&mut self) -> Result<()> {
+        let partitions: Vec<Partition> = self.sealed[0].records.keys().cloned().collect();
+        let confirmations = partitions
+            .iter()
+            .map(|partition| self.confirmation(partition))
+            .collect::<Result<Vec<_>>>()?;
+        let delivered = self.output.confirm(&confirmations);
+        let mut failed = None;
+        for ((partition, (template, items)), result) in
+            partitions.iter().zip(confirmations).zip(delivered)
+        {
+            match result {
+                Ok(events) => self.confirmed(partition, template, &items, events as u64),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// The confirmation of everything the oldest sealed batch holds for `partition`.
+    fn confirmation(&self, partition: &Partition) -> Result<(Confirmation, Vec<ConfirmedItem>)> {
         let (topic, number) = partition;
         let source = format!("{topic}/{number}");
         let sealed = &self.sealed[0];
@@ -283,7 +303,6 @@ impl Pipeline {
         let (root, sql_offset) = (state.root, state.progress.map_or(-1, |v| v as i64 - 1));
         let horizon = self.engine.replay_horizon(&source).unwrap_or(0);
         let consumed = &sealed.records[partition];
-        let oldest_ms = consumed.oldest_ms;
         let items: Vec<ConfirmedItem> = consumed
             .records
             .iter()
@@ -312,7 +331,21 @@ impl Pipeline {
             item_count: root.item_count,
             state_offset: last_offset.max(sql_offset),
         };
-        let events = self.output.confirm(&template, &items)? as u64;
+        Ok((template, items))
+    }
+
+    /// A partition's confirmation was delivered: its metrics, its checkpoint, its offset to
+    /// commit.
+    fn confirmed(
+        &mut self,
+        partition: &Partition,
+        template: Confirmation,
+        items: &[ConfirmedItem],
+        events: u64,
+    ) {
+        let (topic, number) = partition;
+        let last_offset = items.last().map_or(0, |i| i.offset);
+        let oldest_ms = self.sealed[0].records[partition].oldest_ms;
         if let Some(oldest_ms) = oldest_ms {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -326,7 +359,7 @@ impl Pipeline {
         self.summary.confirmations += events;
         counter!("sync_engine_confirmations_total").increment(events);
         let mut tally: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
-        for item in &items {
+        for item in items {
             let outcome = item.outcome.map_or("none", Outcome::as_str);
             *tally.entry((item.op.as_str(), outcome)).or_default() += 1;
         }
@@ -352,12 +385,11 @@ impl Pipeline {
                 since: Instant::now(),
             });
         unpublished.checkpoint.offset = template.state_offset;
-        unpublished.checkpoint.state_root = root.root;
-        unpublished.checkpoint.item_count = root.item_count;
+        unpublished.checkpoint.state_root = template.state_root;
+        unpublished.checkpoint.item_count = template.item_count;
         unpublished.batches += 1;
         self.uncommitted.insert(partition.clone(), last_offset + 1);
         self.sealed[0].records.remove(partition);
-        Ok(())
     }
 
     /// Sends the checkpoint events that are due (all of them with `all`), delivery awaited.
