@@ -5,8 +5,9 @@
 //! with the `bench` profile (which inherits `release`), so it is an optimized binary. Items
 //! are 1 KiB JSON customer records (`benches/common/payload.rs`), distinct ids,
 //! no headers (route redis+sql, state `default`). The pipeline mirrors
-//! `pipelines/default.toml` (`batch_flush_ms = 100`, `batch_flush_count = 1000`,
-//! `batch_flush_bytes = 1 MiB`, `l3_filter = false`, producer `linger.ms = 5`), with
+//! `pipelines/default.toml` (`batch_flush_ms = 20`, `batch_flush_count = 1000`,
+//! `batch_flush_bytes = 1 MiB`, `l3_filter = false`, consumer `fetch.wait.max.ms = 25`,
+//! producer `linger.ms = 5`), with
 //! `session.timeout.ms = 6000` (tansu makes a joining member wait about half of it).
 //! Every run has fresh topics (`in`/`out`/`dlq`, 4 partitions), a fresh group, a fresh
 //! MariaDB database and a fresh Redis prefix; all of them are removed afterwards (also when
@@ -23,14 +24,16 @@
 //!    Per run the bench also reads the N input records back with a plain consumer: the
 //!    broker's read ceiling. The reader skips the checkpoint events on the output topic.
 //! 2. **Latency.** A fresh sidecar; 100 warm-up records are produced and confirmed (so the
-//!    group has joined); then records are produced at a steady rate (half the median
-//!    throughput) for `latency_secs`. Each send is stamped with `Instant::now()` when it is
+//!    group has joined); then records are produced at a steady rate for `latency_secs`: half
+//!    the median steady throughput (the shipped tuning), and a quarter of it (the shipped
+//!    tuning, `batch_flush_ms = 100` with librdkafka's `fetch.wait.max.ms`, and
+//!    `fetch.wait.max.ms = 10`). Each send is stamped with `Instant::now()` when it is
 //!    handed to the producer, and keyed by the (partition, offset) of its delivery report;
 //!    the reader stamps each read of the output topic (what a read returns arrived then).
 //!    Latency = confirmation arrival − send; p50/p90/p99/max over every record of the steady
-//!    phase. The confirmation reader uses `fetch.wait.max.ms = 20`. Runs with
-//!    `batch_flush_ms = 100`, `20`, and `20` with the sidecar's consumer at
-//!    `fetch.wait.max.ms = 10` (librdkafka's default is 500).
+//!    phase, and the p99 of each second of the feed (flat while the sidecar keeps up,
+//!    growing when a backlog builds). The confirmation reader uses `fetch.wait.max.ms = 20`.
+//!    The load generator, the broker and both databases share the machine with the sidecar.
 //! 3. **Raw ceiling.** The same rows written by the bench itself: per 1000 rows, one
 //!    MariaDB transaction of two 500-row `INSERT`s of the `sync_items` columns (table from
 //!    `schemas/sql/mysql/*.sql`, in a database of its own), then one Redis pipeline of 1000
@@ -46,6 +49,10 @@
 //!    throughput runs vary the checkpoint size: `batch_flush_count = 250` and `5000` (with
 //!    `batch_flush_bytes = 8 MiB`); a least-squares fit of the time per checkpoint cycle
 //!    (`batch_flush_count` / steady rate) splits it into a fixed and a per-item part.
+//! 5. **Picture.** `benches/results/sidecar.png` (the README shows it): the steady rate of each
+//!    configuration, end to end and the engine alone against the raw ceiling of the same run
+//!    and 0.8 × it; the latency CDFs. Each throughput run also reports the sidecar's peak RSS
+//!    (`VmHWM`).
 //!
 //! With `SYNC_ENGINE_BENCH_SCRAPE=1`, a thread of the bench GETs `/metrics` from the sidecar
 //! once per second during every throughput run (sections 1 and 4), from the moment the
@@ -61,6 +68,11 @@
 //! metrics are recorded in both arms: this measures serving them, not recording them.
 //! Unset (or `0`), the bench is unchanged.
 //!
+//! With `SYNC_ENGINE_BENCH_SOAK=<records>` (e.g. `2000000`) the bench runs only a memory soak:
+//! the records are produced first, then one sidecar with the shipped tuning works them off
+//! while its RSS is sampled every second; it prints the curve, the peak and whether it stayed
+//! within `l1_max_bytes` + 64 MiB.
+//!
 //! Services (defaults are this machine's): `SYNC_ENGINE_TEST_KAFKA_BROKERS`
 //! (`127.0.0.1:19092`), `SYNC_ENGINE_TEST_MYSQL_URL` (`mysql://root@127.0.0.1:3306/test`),
 //! `SYNC_ENGINE_TEST_REDIS_URL` (`redis://127.0.0.1:6379`). One that cannot be reached skips
@@ -75,6 +87,8 @@ use payload::{hset_item, median, payload, ITEM_BYTES};
 mod common;
 #[path = "../tests/common/kafka.rs"]
 mod kafka;
+#[path = "common/plot.rs"]
+mod plot;
 #[path = "common/sidecar.rs"]
 mod sidecar;
 use kafka::Pipeline;
@@ -349,6 +363,8 @@ struct ThroughputRun {
     exit: String,
     /// With a scraper: what it saw from spawn to all confirmed.
     scrapes: Option<Scrapes>,
+    /// The sidecar's peak resident set (VmHWM), MiB, read when all N are confirmed.
+    peak_rss_mib: f64,
 }
 
 impl ThroughputRun {
@@ -357,7 +373,7 @@ impl ThroughputRun {
         println!(
             "  {name}: {:.0} items/s end-to-end, {:.0} items/s steady | first confirmation at {:.2} s \
              (consuming at {}), all {} at {:.2} s, {} confirmation events ({} items repeated) | \
-             produce {:.2} s, plain read {:.2} s",
+             produce {:.2} s, plain read {:.2} s | peak RSS {:.0} MiB",
             b.rate(),
             b.steady(),
             b.to_first.as_secs_f64(),
@@ -369,6 +385,7 @@ impl ThroughputRun {
             self.repeated,
             self.produce.as_secs_f64(),
             self.read_ceiling.as_secs_f64(),
+            self.peak_rss_mib,
         );
         println!("      cpu (steady): {}{}", b.cpu.line(), b.cpu.disturbed());
         println!("      sidecar threads: {}", b.cpu.threads_line());
@@ -419,6 +436,7 @@ async fn throughput_run(
         .all_confirmed(env, label, &mut sidecar, start, n)
         .await;
     let scrapes = scraper.map(Scraper::finish);
+    let peak_rss_mib = peak_rss_mib(sidecar.pid());
     let status = stop(&mut sidecar);
     let exit = sidecar
         .log()
@@ -443,7 +461,20 @@ async fn throughput_run(
         keys,
         exit,
         scrapes,
+        peak_rss_mib,
     }
+}
+
+/// A process's peak resident set (`VmHWM` in `/proc/<pid>/status`), MiB; NaN if unreadable.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -457,6 +488,9 @@ struct LatencyRun {
     matched: usize,
     /// Sorted latencies, ms.
     latencies: Vec<f64>,
+    /// p99 of the records sent in each second of the feed, ms: flat when the sidecar keeps
+    /// up, growing when a backlog builds.
+    p99_by_second: Vec<f64>,
     cpu: CpuSplit,
 }
 
@@ -466,9 +500,13 @@ impl LatencyRun {
     }
 
     fn name(&self) -> String {
-        let mut name = format!("batch_flush_ms = {:>3}", self.flush.ms);
-        if let Some(ms) = self.flush.fetch_wait_ms {
-            name.push_str(&format!(", sidecar fetch.wait.max.ms = {ms}"));
+        let mut name = format!(
+            "{:.0}/s, batch_flush_ms = {:>3}",
+            self.target_rate, self.flush.ms
+        );
+        match self.flush.fetch_wait_ms {
+            Some(ms) => name.push_str(&format!(", fetch.wait.max.ms = {ms}")),
+            None => name.push_str(", fetch.wait.max.ms default"),
         }
         name
     }
@@ -486,6 +524,10 @@ impl LatencyRun {
             self.sent as f64 / self.send_secs,
             self.target_rate,
             self.matched,
+        );
+        println!(
+            "      p99 per second of the feed (ms): {}",
+            list(&self.p99_by_second, 0)
         );
         println!(
             "      cpu (feed): {}{}",
@@ -523,24 +565,32 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
     let mut sent = 0usize;
     while start.elapsed() < duration {
         let due = (start.elapsed().as_secs_f64() * rate) as usize;
+        // one task per tick awaits the tick's deliveries (a task per record cost the bench,
+        // which shares the cores with the sidecar, more CPU than the sidecar itself)
+        let mut tick = Vec::with_capacity(due.saturating_sub(sent));
         while sent < due {
             let rec = record(format!("lat.{sent:08}"), pool[sent % pool.len()].clone());
             let stamp = Instant::now();
             match producer.enqueue(&rec) {
-                Ok(delivery) => {
-                    let (sends, failed) = (sends.clone(), failed.clone());
-                    tokio::spawn(async move {
-                        match delivery.await {
-                            Ok(Ok(d)) => {
-                                sends.lock().unwrap().insert((d.partition, d.offset), stamp);
-                            }
-                            _ => *failed.lock().unwrap() += 1,
-                        }
-                    });
-                }
+                Ok(delivery) => tick.push((stamp, delivery)),
                 Err(_) => *failed.lock().unwrap() += 1,
             }
             sent += 1;
+        }
+        if !tick.is_empty() {
+            let (sends, failed) = (sends.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut delivered = Vec::with_capacity(tick.len());
+                let mut lost = 0;
+                for (stamp, delivery) in tick {
+                    match delivery.await {
+                        Ok(Ok(d)) => delivered.push(((d.partition, d.offset), stamp)),
+                        _ => lost += 1,
+                    }
+                }
+                sends.lock().unwrap().extend(delivered);
+                *failed.lock().unwrap() += lost;
+            });
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -560,19 +610,32 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
     if failed > 0 {
         println!("      WARNING: {failed} sends failed");
     }
-    let mut latencies: Vec<f64> = {
+    // (second of the feed it was sent in, latency ms)
+    let timed: Vec<(usize, f64)> = {
         let sends = sends.lock().unwrap();
         let confirmed = reader.shared.lock().unwrap();
         sends
             .iter()
             .filter_map(|(position, sent_at)| {
-                confirmed
-                    .arrivals
-                    .get(position)
-                    .map(|arrived| (*arrived - *sent_at).as_secs_f64() * 1000.0)
+                let arrived = confirmed.arrivals.get(position)?;
+                let second = sent_at.saturating_duration_since(start).as_secs() as usize;
+                Some((second, (*arrived - *sent_at).as_secs_f64() * 1000.0))
             })
             .collect()
     };
+    let mut by_second: Vec<Vec<f64>> = vec![Vec::new(); secs as usize + 1];
+    for (second, ms) in &timed {
+        by_second[(*second).min(secs as usize)].push(*ms);
+    }
+    let p99_by_second: Vec<f64> = by_second
+        .iter_mut()
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            percentile(v, 99.0)
+        })
+        .collect();
+    let mut latencies: Vec<f64> = timed.into_iter().map(|(_, ms)| ms).collect();
     latencies.sort_by(f64::total_cmp);
     let status = stop(&mut sidecar);
     if !status.success() {
@@ -597,6 +660,7 @@ async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning
         send_secs,
         matched: latencies.len(),
         latencies,
+        p99_by_second,
         cpu: cpu_split(&cpu_start, &cpu_end, env.tck),
     }
 }
@@ -779,6 +843,9 @@ async fn bench(env: &Env, sizes: Sizes) {
         ScrapeMode::On => true,
         ScrapeMode::Compare => return compare_scraped(env, sizes).await,
     };
+    if let Some(n) = soak_records() {
+        return soak(env, n).await;
+    }
     let n = sizes.n;
     let load_before = loadavg();
     let started = Instant::now();
@@ -852,27 +919,33 @@ async fn bench(env: &Env, sizes: Sizes) {
         }
     }
 
-    // 2: latency at half the median throughput
+    // 2: latency at half the maximum load (the median steady throughput), and at a quarter
+    // of it (this box also runs the broker, both databases and the load generator: at half
+    // load it is CPU-bound, and what queues then is not the sidecar's alone)
     let rates: Vec<f64> = runs.iter().map(|r| r.backlog.rate()).collect();
     let steady: Vec<f64> = runs.iter().map(|r| r.backlog.steady()).collect();
-    let rate = (median(&rates) / 2.0).max(1.0);
+    let half = (median(&steady) / 2.0).max(1.0);
+    let quarter = (half / 2.0).max(1.0);
     let mut latencies = Vec::new();
-    for (label, tuning) in [
-        ("lat100", DEFAULT_TUNING),
+    for (label, tuning, rate) in [
+        ("latdefault", DEFAULT_TUNING, half),
+        ("latdefaultq", DEFAULT_TUNING, quarter),
         (
-            "lat20",
+            "lat100",
             Tuning {
-                ms: 20,
+                ms: 100,
+                fetch_wait_ms: None,
                 ..DEFAULT_TUNING
             },
+            quarter,
         ),
         (
             "lat20fw10",
             Tuning {
-                ms: 20,
                 fetch_wait_ms: Some(10),
                 ..DEFAULT_TUNING
             },
+            quarter,
         ),
     ] {
         let l = latency_run(env, label, rate, sizes.latency_secs, tuning).await;
@@ -970,6 +1043,12 @@ async fn bench(env: &Env, sizes: Sizes) {
         median(&produces),
         median(&reads)
     );
+    let rss: Vec<f64> = runs.iter().map(|r| r.peak_rss_mib).collect();
+    println!(
+        "   peak RSS          {:>8.0} MiB        runs: {}   (sidecar VmHWM; l1_max_bytes = 256 MiB)",
+        median(&rss),
+        list(&rss, 0)
+    );
     if scrape {
         let mut all = Scrapes::default();
         for r in runs.iter().chain(&variants) {
@@ -981,7 +1060,10 @@ async fn bench(env: &Env, sizes: Sizes) {
             all.line()
         );
     }
-    println!("2. latency produce → confirmation at {rate:.0} items/s (half the median throughput)");
+    println!(
+        "2. latency produce → confirmation at {half:.0} items/s (half the median steady throughput) \
+         and {quarter:.0} items/s (a quarter)"
+    );
     for l in &latencies {
         println!(
             "   {}: p50 {:>6.1} ms   p99 {:>6.1} ms   (p90 {:.1}, max {:.1}; {} records, {:.0}/s achieved){}",
@@ -1086,6 +1168,73 @@ async fn bench(env: &Env, sizes: Sizes) {
     }
     println!("{}", machine_line(&load_before, started));
     println!("===============================================================");
+    draw(
+        sizes,
+        &runs,
+        &variants,
+        &latencies,
+        median(&raw_rates),
+        median(&engine_pipelined),
+    );
+}
+
+/// The PNG the README shows: `benches/results/sidecar.png` under `cargo bench`; the smoke run
+/// draws into a temporary file (and removes it) so the drawing code is exercised too.
+fn draw(
+    sizes: Sizes,
+    runs: &[ThroughputRun],
+    variants: &[ThroughputRun],
+    latencies: &[LatencyRun],
+    ceiling: f64,
+    engine_pipelined: f64,
+) {
+    let full = sizes.variants;
+    let path = if full {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/sidecar.png")
+    } else {
+        std::env::temp_dir().join(format!("sync-engine-bench-{}.png", std::process::id()))
+    };
+    let steady: Vec<f64> = runs.iter().map(|r| r.backlog.steady()).collect();
+    let ends: Vec<f64> = runs.iter().map(|r| r.backlog.rate()).collect();
+    let mut bars = vec![plot::Bar {
+        label: "sidecar, steady (default.toml)".into(),
+        rate: median(&steady),
+    }];
+    bars.extend(variants.iter().map(|v| plot::Bar {
+        label: format!("sidecar, steady, batch_flush_count {}", v.flush.count),
+        rate: v.backlog.steady(),
+    }));
+    bars.push(plot::Bar {
+        label: "sidecar, end-to-end (incl. 3 s join)".into(),
+        rate: median(&ends),
+    });
+    bars.push(plot::Bar {
+        label: "engine alone (no Kafka), pipelined".into(),
+        rate: engine_pipelined,
+    });
+    let cdfs: Vec<plot::Cdf> = latencies
+        .iter()
+        .map(|l| plot::Cdf {
+            label: format!("{} (p99 {:.0} ms)", l.name(), l.p(99.0)),
+            sorted_ms: &l.latencies,
+        })
+        .collect();
+    let title = format!(
+        "sync-engine sidecar, {} × {ITEM_BYTES} B records, {PARTITIONS} partitions, MariaDB + Redis, {} cores (cargo bench --bench sidecar)",
+        runs.first().map_or(0, |r| r.backlog.n),
+        sidecar::cores()
+    );
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match plot::render(&path, &title, &bars, ceiling, &cdfs) {
+        Ok(()) if full => println!("plot: {}", path.display()),
+        Ok(()) => {
+            println!("plot: drawn (smoke run; not kept)");
+            let _ = std::fs::remove_file(&path);
+        }
+        Err(e) => println!("plot: skipped ({e})"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1185,6 +1334,91 @@ async fn compare_scraped(env: &Env, sizes: Sizes) {
     );
     println!("{}", machine_line(&load_before, started));
     println!("==================================================================");
+}
+
+// ---------------------------------------------------------------------------------------
+// SYNC_ENGINE_BENCH_SOAK=<records>
+
+const SOAK_ENV: &str = "SYNC_ENGINE_BENCH_SOAK";
+/// The shipped `l1_max_bytes`; the soak holds the process to it + 64 MiB.
+const L1_MAX_MIB: f64 = 256.0;
+
+fn soak_records() -> Option<usize> {
+    let value = std::env::var(SOAK_ENV)
+        .ok()
+        .filter(|v| !v.is_empty() && v != "0")?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{SOAK_ENV}={value:?}: expected a record count")),
+    )
+}
+
+/// A process's resident set now (`VmRSS`), MiB; NaN if unreadable.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The memory soak: `n` records produced first, then one sidecar with the shipped tuning
+/// works them off while a thread samples its RSS every second. Prints the curve (every
+/// 10 s), the peak and the budget (`l1_max_bytes` + 64 MiB).
+async fn soak(env: &Env, n: usize) {
+    println!("sidecar soak: N = {n} records of {ITEM_BYTES} B, {PARTITIONS} partitions; binary {SIDECAR}");
+    let pipe = Pipe::new(env, "soak", None).await;
+    let t = Instant::now();
+    let records = (0..n as u64).map(|i| record(format!("soak.{i:010}"), payload(i)));
+    produce_all(&pipe.pipeline.producer(), records).await;
+    println!("  produced in {:.1} s", t.elapsed().as_secs_f64());
+
+    let reader = ConfirmationReader::start(&pipe.pipeline);
+    let start = Instant::now();
+    let mut sidecar = pipe.start(env, DEFAULT_TUNING, "");
+    let (pid, confirmed) = (sidecar.pid(), reader.shared.clone());
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let stopping = stop_sampling.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !stopping.load(Ordering::SeqCst) {
+            let count = confirmed.lock().unwrap().arrivals.len();
+            samples.push((start.elapsed().as_secs_f64(), rss_mib(pid), count));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        samples
+    });
+    let backlog = reader
+        .all_confirmed(env, "soak", &mut sidecar, start, n)
+        .await;
+    let peak = peak_rss_mib(pid);
+    stop_sampling.store(true, Ordering::SeqCst);
+    let samples = sampler.join().expect("the sampler");
+    let status = stop(&mut sidecar);
+    drop(reader);
+    let (rows, _) = pipe.finish(env).await;
+
+    println!("  t (s)   RSS (MiB)   confirmed");
+    for (i, (secs, rss, count)) in samples.iter().enumerate() {
+        if i % 10 == 0 || i + 1 == samples.len() {
+            println!("  {secs:>5.0}   {rss:>9.0}   {count:>9}");
+        }
+    }
+    let budget = L1_MAX_MIB + 64.0;
+    println!(
+        "  all {n} confirmed in {:.1} s ({:.0} items/s end-to-end, {:.0} steady); {rows} rows; exit {status}",
+        backlog.total.as_secs_f64(),
+        backlog.rate(),
+        backlog.steady()
+    );
+    println!(
+        "  peak RSS {peak:.0} MiB (VmHWM), budget l1_max_bytes + 64 MiB = {budget:.0} MiB: {}",
+        if peak <= budget { "within" } else { "EXCEEDED" }
+    );
 }
 
 fn main() {

@@ -60,10 +60,10 @@ pub struct Tuning {
 
 /// Those of `pipelines/default.toml`.
 pub const DEFAULT_TUNING: Tuning = Tuning {
-    ms: 100,
+    ms: 20,
     count: 1000,
     bytes: 1_048_576,
-    fetch_wait_ms: None,
+    fetch_wait_ms: Some(25),
 };
 
 // ---------------------------------------------------------------------------------------
