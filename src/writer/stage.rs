@@ -8,10 +8,10 @@
 //!
 //! One batch at a time and in commit order: a batch's Redis write follows its own commit and
 //! the previous batch's Redis write and settle, so Redis and L1 never take an older value
-//! after a newer one. The writer hands the stage over by value ([`Stage::Busy`] holds the task
-//! that owns it) and takes it back before anything else that touches Redis or the repairs
+//! after a newer one. The writer hands the stage over by value (while busy, [`Stage`] holds the
+//! task that owns it) and takes it back before anything else that touches Redis or the repairs
 //! (range operations, `set_state`, promotions, repair steps, shutdown). A reply that must not
-//! go out before a batch is in Redis (a flush, a seal) waits in [`Stage::Busy`] for its task.
+//! go out before a batch is in Redis (a flush, a seal) waits in the [`Stage`] for its task.
 
 use std::sync::Arc;
 use std::time::Instant;
