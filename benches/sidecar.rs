@@ -467,10 +467,15 @@ async fn throughput_run(
 
 /// A process's peak resident set (`VmHWM` in `/proc/<pid>/status`), MiB; NaN if unreadable.
 fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A `… kB` field of `/proc/<pid>/status`, MiB; NaN if unreadable.
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let line = status.lines().find(|l| l.starts_with(field))?;
             let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib / 1024.0)
         })
@@ -1356,14 +1361,7 @@ fn soak_records() -> Option<usize> {
 
 /// A process's resident set now (`VmRSS`), MiB; NaN if unreadable.
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib / 1024.0)
-        })
-        .unwrap_or(f64::NAN)
+    status_mib(pid, "VmRSS:")
 }
 
 /// The memory soak: `n` records produced first, then one sidecar with the shipped tuning

@@ -5,6 +5,7 @@
 //! exists (Debian's fonts-dejavu-core). Without one the picture is skipped with a note: the
 //! numbers are printed anyway.
 
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -110,13 +111,7 @@ pub fn render(
             .label(format!("{label} {x:.0}"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|x| e(&x))?;
+    legend(&mut chart)?;
 
     // latency: CDF per configuration
     let max_ms = cdfs
@@ -164,13 +159,20 @@ pub fn render(
             BLACK.mix(0.3).stroke_width(1),
         ))
         .map_err(|x| e(&x))?;
+    legend(&mut chart)?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// The series labels, boxed in the lower right corner.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
         .draw()
-        .map_err(|x| e(&x))?;
-    root.present().map_err(|x| e(&x))?;
-    Ok(())
+        .map_err(|e| e.to_string())
 }
