@@ -1,11 +1,17 @@
 //! What the sidecar produces, and the waiting for Kafka to acknowledge it: DLQ records,
 //! confirmations (split to fit the message size limits) and checkpoint events.
 //!
-//! Nothing here retries by itself: a failed send or delivery is returned, classified, and the
-//! pipeline decides (retry the cycle later, or stop). Confirmations and checkpoints are
+//! Nothing here waits unless asked: confirmations and checkpoint events are sent, and their
+//! acknowledgements looked at later ([`Output::delivered`]), so the poll loop goes on
+//! consuming meanwhile. Nothing here retries by itself either: a failed send or delivery is
+//! returned, classified, and the pipeline decides (retry the cycle later, or stop). Confirmations and checkpoints are
 //! idempotent for consumers, so producing one again after a timeout is harmless.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -110,92 +116,95 @@ impl Output {
         self.wait(delivery)
     }
 
-    /// Produces a sealed batch's confirmations — one per partition, each split into as many
-    /// events as the size limit needs — all at once, then waits for every delivery (one
-    /// linger and one acknowledgement for the batch, not one per partition). The answer has
-    /// one entry per confirmation: the number of events delivered, or why not. A broker that
-    /// refuses an event as too large lowers the limit for good, and the confirmations it hit
-    /// are produced again (their consumers deduplicate on item identities).
-    pub fn confirm(
-        &mut self,
-        confirmations: &[(Confirmation, Vec<ConfirmedItem>)],
-    ) -> Vec<Result<usize>> {
-        let mut results: Vec<Option<Result<usize>>> = confirmations.iter().map(|_| None).collect();
-        loop {
-            let mut in_flight = Vec::new();
-            for (i, (template, items)) in confirmations.iter().enumerate() {
-                if results[i].as_ref().is_some_and(|r| r.is_ok()) {
-                    continue;
+    /// Produces one partition's confirmation of a sealed batch, split into as many events as
+    /// the size limit needs; the deliveries are awaited by [`Output::delivered`]. A send
+    /// refused at once (queue full, broker unknown) is returned; what was sent before it is
+    /// dropped, and the whole confirmation goes again at the next attempt (its consumers
+    /// deduplicate on item identities).
+    pub fn send_confirmation(
+        &self,
+        template: &Confirmation,
+        items: &[ConfirmedItem],
+    ) -> Result<InFlight> {
+        let events = Confirmation::split(template, items, self.max_event_bytes);
+        let key = template.key();
+        self.send_all(events.iter().map(|body| (key.as_str(), body.as_slice())))
+    }
+
+    /// Produces checkpoint events; the deliveries are awaited by [`Output::delivered`].
+    pub fn send_checkpoints<'a>(
+        &self,
+        checkpoints: impl Iterator<Item = &'a Checkpoint>,
+    ) -> Result<InFlight> {
+        let events: Vec<(String, Vec<u8>)> = checkpoints
+            .map(|c| {
+                (
+                    c.key(),
+                    serde_json::to_vec(c).expect("a checkpoint serializes"),
+                )
+            })
+            .collect();
+        self.send_all(events.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+    }
+
+    fn send_all<'a>(&self, events: impl Iterator<Item = (&'a str, &'a [u8])>) -> Result<InFlight> {
+        let mut deliveries = VecDeque::new();
+        for (key, body) in events {
+            let record = FutureRecord::to(&self.output_topic).key(key).payload(body);
+            let delivery = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| SyncError::Kafka(e))?;
+            deliveries.push_back(delivery);
+        }
+        Ok(InFlight {
+            events: deliveries.len(),
+            deliveries,
+            sent: Instant::now(),
+        })
+    }
+
+    /// Whether everything `flight` produced is acknowledged: `Some(Ok(events))` when all is,
+    /// `Some(Err)` at the first failure (the rest is dropped; the caller produces it all
+    /// again), `None` while some is in flight. With `wait`, waits for the answer (up to
+    /// [`DELIVERY_TIMEOUT`] from the send); without, only looks, and a flight older than
+    /// that fails. A broker that refuses an event as too large lowers the limit for good,
+    /// so the next attempt splits smaller.
+    pub fn delivered(&mut self, flight: &mut InFlight, wait: bool) -> Option<Result<usize>> {
+        while let Some(delivery) = flight.deliveries.front_mut() {
+            let answer = if wait {
+                let left = DELIVERY_TIMEOUT.saturating_sub(flight.sent.elapsed());
+                match self.handle.block_on(tokio::time::timeout(left, delivery)) {
+                    Ok(answer) => answer,
+                    Err(_elapsed) => return Some(Err(not_acknowledged())),
                 }
-                let events = Confirmation::split(template, items, self.max_event_bytes);
-                let key = template.key();
-                let mut deliveries = Vec::with_capacity(events.len());
-                let mut refused = None;
-                for body in &events {
-                    let record = FutureRecord::to(&self.output_topic).key(&key).payload(body);
-                    match self.producer.send_result(record) {
-                        Ok(delivery) => deliveries.push(delivery),
-                        Err((e, _)) => {
-                            refused = Some(e);
-                            break;
-                        }
+            } else {
+                let mut look = Context::from_waker(Waker::noop());
+                match Pin::new(delivery).poll(&mut look) {
+                    Poll::Ready(answer) => answer,
+                    Poll::Pending if flight.sent.elapsed() >= DELIVERY_TIMEOUT => {
+                        return Some(Err(not_acknowledged()))
                     }
+                    Poll::Pending => return None,
                 }
-                in_flight.push((i, events.len(), deliveries, refused));
-            }
-            let mut retry = false;
-            for (i, events, deliveries, refused) in in_flight {
-                let mut result = match refused {
-                    Some(e) => Err(SyncError::Kafka(e)),
-                    None => Ok(events),
-                };
-                for delivery in deliveries {
-                    let delivered = self.wait(delivery);
-                    if result.is_ok() {
-                        result = delivered.map(|()| events);
-                    }
-                }
-                retry |= result.as_ref().is_err_and(too_large);
-                results[i] = Some(result);
-            }
-            if retry && self.max_event_bytes / 2 >= SMALLEST_EVENT {
+            };
+            flight.deliveries.pop_front();
+            let failure = match answer {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) => SyncError::Kafka(e),
+                Err(_canceled) => SyncError::Kafka(KafkaError::Canceled),
+            };
+            flight.deliveries.clear();
+            if too_large(&failure) && self.max_event_bytes / 2 >= SMALLEST_EVENT {
                 self.max_event_bytes /= 2;
                 warn!(
                     max_event_bytes = self.max_event_bytes,
-                    "a confirmation was too large for the broker; splitting smaller"
+                    "an event was too large for the broker; splitting smaller"
                 );
-                continue;
             }
-            return results
-                .into_iter()
-                .map(|r| r.expect("every confirmation was produced"))
-                .collect();
+            return Some(Err(failure));
         }
-    }
-
-    /// Produces checkpoint events and waits for every delivery.
-    pub fn publish(&self, checkpoints: &[&Checkpoint]) -> Result<()> {
-        let mut deliveries = Vec::with_capacity(checkpoints.len());
-        for checkpoint in checkpoints {
-            let body = serde_json::to_vec(checkpoint).expect("a checkpoint serializes");
-            let key = checkpoint.key();
-            let record = FutureRecord::to(&self.output_topic)
-                .key(&key)
-                .payload(&body);
-            deliveries.push(
-                self.producer
-                    .send_result(record)
-                    .map_err(|(e, _)| SyncError::Kafka(e))?,
-            );
-        }
-        let mut result = Ok(());
-        for delivery in deliveries {
-            let delivered = self.wait(delivery);
-            if result.is_ok() {
-                result = delivered;
-            }
-        }
-        result
+        Some(Ok(flight.events))
     }
 
     /// Waits for Kafka to acknowledge one produced record.
@@ -207,11 +216,23 @@ impl Output {
             Ok(Ok(Ok(_))) => Ok(()),
             Ok(Ok(Err((e, _)))) => Err(SyncError::Kafka(e)),
             Ok(Err(_canceled)) => Err(SyncError::Kafka(KafkaError::Canceled)),
-            Err(_elapsed) => Err(SyncError::Unavailable(format!(
-                "Kafka did not acknowledge a record within {DELIVERY_TIMEOUT:?}"
-            ))),
+            Err(_elapsed) => Err(not_acknowledged()),
         }
     }
+}
+
+/// Events produced together (one partition's confirmation, or checkpoint events), waiting for
+/// Kafka to acknowledge them.
+pub(super) struct InFlight {
+    deliveries: VecDeque<DeliveryFuture>,
+    events: usize,
+    sent: Instant,
+}
+
+fn not_acknowledged() -> SyncError {
+    SyncError::Unavailable(format!(
+        "Kafka did not acknowledge a record within {DELIVERY_TIMEOUT:?}"
+    ))
 }
 
 fn too_large(e: &SyncError) -> bool {

@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use tokio::sync::oneshot::error::TryRecvError;
 
-use super::{halted, Partition, Pipeline, Sealed, Unpublished};
+use super::{halted, Confirming, Partition, Pipeline, Publishing, Sealed, Unpublished};
 use crate::error::{ErrorClass, Result, SyncError};
 use crate::sidecar::events::{Checkpoint, Confirmation, ConfirmedItem, ConfirmedOp, Outcome};
 
@@ -51,6 +51,7 @@ impl Pipeline {
         self.seal_due()
             || !self.sealed.is_empty()
             || !self.uncommitted.is_empty()
+            || self.publishing.is_some()
             || self
                 .checkpoints
                 .values()
@@ -125,7 +126,9 @@ impl Pipeline {
     }
 
     /// One pass; `Ok(true)` when it did something (sealed, confirmed, published or
-    /// committed), `Ok(false)` when it only found the oldest sealed batch still being written.
+    /// committed), `Ok(false)` when it only found the oldest sealed batch still being written
+    /// or acknowledged. With `all`, waits for every step; otherwise only when every batch in
+    /// flight is taken and the next is due.
     fn try_cycle<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
@@ -139,37 +142,35 @@ impl Pipeline {
         }
         // every batch in flight is taken and the next one is due: wait for the oldest, so
         // the next seal is on time (and the loop never runs further ahead of the stores)
-        let mut block = all || (self.sealed.len() >= super::MAX_SEALED && self.seal_due());
-        let mut durable_at = None;
-        while self.oldest_sealed_is_durable(block)? {
-            // 2. DLQ records acknowledged
-            self.waiting = true; // until the confirmations are out
-            self.deliver_dead_letters()?;
-            durable_at.get_or_insert_with(Instant::now);
-            // 3. confirmations, of every partition of the batch at once
-            self.confirm_oldest()?;
-            self.sealed.pop_front();
-            self.waiting = false;
-            block = all;
+        let mut wait = all || (self.sealed.len() >= super::MAX_SEALED && self.seal_due());
+        let mut confirmed = false;
+        // 2–3. the oldest batch durable, its DLQ records acknowledged, its confirmations out
+        while self.confirm_oldest(wait)? {
+            let batch = self
+                .sealed
+                .pop_front()
+                .expect("the oldest batch was confirmed");
+            if let Some(t) = batch.durable_at {
+                self.uncommitted_since.get_or_insert(t);
+            }
+            confirmed = true;
+            wait = all;
             // 4. the checkpoint events this batch made due, before the next batch moves
             // them on (one per confirmation with `checkpoint_every_batches = 1`)
-            self.publish_checkpoints(false)?;
+            self.publish_checkpoints(false, false)?;
         }
         // 1. seal, when due and a batch in flight has room
         if !all && self.seal_due() && self.sealed.len() < super::MAX_SEALED {
             sealing = true;
             self.seal()?;
         }
-        // 4. checkpoint events due by age (all of them with `all`), before the offsets they
-        // describe are committed
-        self.publish_checkpoints(all)?;
+        // 4. checkpoint events due by age (all of them with `all`), acknowledged before the
+        // offsets they describe are committed
+        self.publish_checkpoints(all, all)?;
         // 5. commit
         self.commit(consumer)?;
-        if let Some(t) = durable_at {
-            self.meters.confirm_commit.record(t.elapsed());
-        }
         Ok(sealing
-            || durable_at.is_some()
+            || confirmed
             || self.summary.checkpoints > published
             || self.uncommitted.len() < uncommitted)
     }
@@ -187,6 +188,8 @@ impl Pipeline {
             answer,
             states: None,
             since: Instant::now(),
+            durable_at: None,
+            confirming: BTreeMap::new(),
         });
         self.pending_since = None;
         Ok(())
@@ -222,6 +225,7 @@ impl Pipeline {
             Some(Ok(states)) => {
                 let states = states.into_iter().map(|s| (s.source.clone(), s));
                 oldest.states = Some(states.collect());
+                oldest.durable_at = Some(Instant::now());
                 Ok(true)
             }
             Some(Err(())) => Err(SyncError::NotRunning),
@@ -262,28 +266,67 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Produces the confirmations of the oldest sealed batch, every partition's at once, and
-    /// moves each delivered one to `uncommitted`; a partition whose confirmation failed stays
-    /// for the next attempt (the first failure is returned).
-    fn confirm_oldest(&mut self) -> Result<()> {
-        let partitions: Vec<Partition> = self.sealed[0].records.keys().cloned().collect();
-        let confirmations = partitions
-            .iter()
-            .map(|partition| self.confirmation(partition))
-            .collect::<Result<Vec<_>>>()?;
-        let delivered = self.output.confirm(&confirmations);
+    /// Steps 2–3 for the oldest sealed batch: once it is durable, its DLQ records
+    /// acknowledged, produces the confirmation of each of its partitions not produced yet, and
+    /// moves each acknowledged one to `uncommitted`. True when all of them are; with `wait`,
+    /// waits for that. A partition whose confirmation failed is produced again by the next
+    /// attempt (the first failure is returned); the others are done, so nothing is confirmed
+    /// twice.
+    fn confirm_oldest(&mut self, wait: bool) -> Result<bool> {
+        if !self.oldest_sealed_is_durable(wait)? {
+            return Ok(false);
+        }
+        self.waiting = true; // until the confirmations are out
+        self.deliver_dead_letters()?;
+        let unsent: Vec<Partition> = self.sealed[0]
+            .records
+            .keys()
+            .filter(|p| !self.sealed[0].confirming.contains_key(*p))
+            .cloned()
+            .collect();
+        for partition in unsent {
+            let (template, items) = self.confirmation(&partition)?;
+            let flight = self.output.send_confirmation(&template, &items)?;
+            let confirming = Confirming {
+                template,
+                items,
+                flight,
+            };
+            self.sealed[0].confirming.insert(partition, confirming);
+        }
         let mut failed = None;
-        for ((partition, (template, items)), result) in
-            partitions.iter().zip(confirmations).zip(delivered)
-        {
-            match result {
-                Ok(events) => self.confirmed(partition, template, &items, events as u64),
-                Err(e) => {
-                    failed.get_or_insert(e);
+        let partitions: Vec<Partition> = self.sealed[0].confirming.keys().cloned().collect();
+        for partition in partitions {
+            let confirming = self.sealed[0]
+                .confirming
+                .get_mut(&partition)
+                .expect("listed above");
+            match self.output.delivered(&mut confirming.flight, wait) {
+                None => {}
+                Some(result) => {
+                    let confirming = self.sealed[0]
+                        .confirming
+                        .remove(&partition)
+                        .expect("listed above");
+                    match result {
+                        Ok(events) => self.confirmed(
+                            &partition,
+                            confirming.template,
+                            &confirming.items,
+                            events as u64,
+                        ),
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
                 }
             }
         }
-        failed.map_or(Ok(()), Err)
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.waiting = false;
+        Ok(self.sealed[0].records.is_empty())
     }
 
     /// The confirmation of everything the oldest sealed batch holds for `partition`.
@@ -392,8 +435,14 @@ impl Pipeline {
         self.sealed[0].records.remove(partition);
     }
 
-    /// Sends the checkpoint events that are due (all of them with `all`), delivery awaited.
-    fn publish_checkpoints(&mut self, all: bool) -> Result<()> {
+    /// Step 4: once the checkpoint events in flight are acknowledged, produces those now due
+    /// (all of them with `all`); with `wait`, waits for their acknowledgement. Events whose
+    /// delivery failed go back to `checkpoints` (unless a newer state of their partition is
+    /// there), to be produced again.
+    fn publish_checkpoints(&mut self, all: bool, wait: bool) -> Result<()> {
+        if !self.checkpoints_delivered(wait)? {
+            return Ok(());
+        }
         let every = self.config.kafka.checkpoint_every_batches.max(1);
         let interval = Duration::from_millis(self.config.kafka.checkpoint_interval_ms);
         let due: Vec<Partition> = self
@@ -405,24 +454,68 @@ impl Pipeline {
         if due.is_empty() {
             return Ok(());
         }
-        let events: Vec<&Checkpoint> = due
-            .iter()
-            .map(|k| &self.checkpoints[k].checkpoint)
+        let checkpoints: Vec<(Partition, Unpublished)> = due
+            .into_iter()
+            .map(|k| {
+                let unpublished = self.checkpoints.remove(&k).expect("listed above");
+                (k, unpublished)
+            })
             .collect();
-        self.output.publish(&events)?;
-        self.summary.checkpoints += due.len() as u64;
-        counter!("sync_engine_checkpoints_total").increment(due.len() as u64);
-        for key in due {
-            self.checkpoints.remove(&key);
+        match self
+            .output
+            .send_checkpoints(checkpoints.iter().map(|(_, u)| &u.checkpoint))
+        {
+            Ok(flight) => {
+                self.publishing = Some(Publishing {
+                    checkpoints,
+                    flight,
+                });
+                self.checkpoints_delivered(wait).map(|_| ())
+            }
+            Err(e) => {
+                self.unpublish(checkpoints);
+                Err(e)
+            }
         }
-        Ok(())
+    }
+
+    /// Whether no checkpoint event is in flight any more (with `wait`, waits for that).
+    fn checkpoints_delivered(&mut self, wait: bool) -> Result<bool> {
+        let Some(publishing) = self.publishing.as_mut() else {
+            return Ok(true);
+        };
+        match self.output.delivered(&mut publishing.flight, wait) {
+            None => Ok(false),
+            Some(result) => {
+                let publishing = self.publishing.take().expect("looked at above");
+                match result {
+                    Ok(events) => {
+                        self.summary.checkpoints += events as u64;
+                        counter!("sync_engine_checkpoints_total").increment(events as u64);
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        self.unpublish(publishing.checkpoints);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts checkpoints whose events were not delivered back, unless a newer state of their
+    /// partition is waiting already.
+    fn unpublish(&mut self, checkpoints: Vec<(Partition, Unpublished)>) {
+        for (partition, unpublished) in checkpoints {
+            self.checkpoints.entry(partition).or_insert(unpublished);
+        }
     }
 
     /// Commits the confirmed offsets of the partitions this consumer still owns. A refused
     /// commit keeps them for the next cycle; those of partitions given up meanwhile are
     /// dropped by [`Pipeline::release`] (the next owner replays from the last commit).
     fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
-        if self.uncommitted.is_empty() {
+        if self.uncommitted.is_empty() || self.publishing.is_some() {
             return Ok(());
         }
         let assigned = consumer.assignment()?;
@@ -443,6 +536,9 @@ impl Pipeline {
                     self.uncommitted.remove(&key);
                 }
                 counter!("sync_engine_commits_total").increment(1);
+                if let Some(t) = self.uncommitted_since.take() {
+                    self.meters.confirm_commit.record(t.elapsed());
+                }
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
@@ -466,10 +562,10 @@ impl Pipeline {
     }
 
     /// How long the poll loop may wait for a message: briefly while a sealed batch is being
-    /// written, so its confirmation goes out as soon as it is durable rather than after the
-    /// next fetch (librdkafka's `fetch.wait.max.ms` can hold a poll for 500 ms).
+    /// written or its confirmations acknowledged, or checkpoint events are, so the next step
+    /// follows as soon as it can rather than after the next fetch (librdkafka's `fetch.wait.max.ms` can hold a poll for 500 ms).
     pub fn poll_wait(&self) -> Duration {
-        if self.sealed.is_empty() {
+        if self.sealed.is_empty() && self.publishing.is_none() {
             Duration::from_millis(100)
         } else {
             Duration::from_millis(2)

@@ -9,13 +9,18 @@
 //! 2. once the oldest sealed batch is durable (its answer came, waited for at most
 //!    [`FLUSH_WAIT`](cycle::FLUSH_WAIT)): have every DLQ record acknowledged by the DLQ topic;
 //! 3. per partition of it: produce its confirmation (each item with its outcome, the root of
-//!    the answer), and move it to `uncommitted`;
+//!    the answer); once Kafka acknowledges it, move the partition's offset to `uncommitted`;
 //! 4. produce the checkpoint events that are due;
-//! 5. commit `uncommitted` for the partitions still assigned.
+//! 5. once they are acknowledged, commit `uncommitted` for the partitions still assigned.
 //!
-//! Batches are confirmed oldest first, so per partition in offset order, and commits follow
-//! confirmations. A revocation or a stop seals everything and waits for all of it, as before
-//! the overlap.
+//! Steps 3–5 do not wait for Kafka: what was produced is looked at again on the next turns of
+//! the poll loop, which goes on consuming meanwhile. They wait only when the loop must not run
+//! further ahead (every batch in flight is taken and the next one is due), or for a revocation
+//! or a stop, which seal everything and wait for all of it.
+//!
+//! Batches are confirmed oldest first (one batch's confirmations in flight at a time), so per
+//! partition in offset order, and commits follow acknowledged confirmations and checkpoint
+//! events.
 //!
 //! A retryable failure at any step leaves everything after it for the next attempt (backoff
 //! from [`FIRST_RETRY`](cycle::FIRST_RETRY) to [`LAST_RETRY`](cycle::LAST_RETRY)); steps 1–3
@@ -27,7 +32,8 @@
 //!
 //! Metrics are kept per partition batch and per cycle, never per record: the oldest Kafka
 //! timestamp of each partition's pending records gives the produce→confirmation latency once
-//! its confirmation is delivered, and the cycle times its confirm-and-commit tail.
+//! its confirmation is delivered, and each commit is timed from the moment the oldest batch it
+//! commits became durable.
 //!
 //! A record moves one way through the [`Pipeline`]'s fields: it is `pending` from
 //! [`Pipeline::accept`] until it is sealed, `sealed` until its partition's confirmation, then
@@ -52,10 +58,10 @@ use metrics::{gauge, histogram};
 use tokio::runtime::Handle;
 
 use super::config::PipelineConfig;
-use super::events::{Checkpoint, ConfirmedItem};
+use super::events::{Checkpoint, Confirmation, ConfirmedItem};
 use super::http::Health;
 use super::metrics::Memory;
-use super::output::{DeadLetter, Output};
+use super::output::{DeadLetter, InFlight, Output};
 use super::stall::Stall;
 use super::Summary;
 use crate::engine::SyncEngine;
@@ -107,6 +113,10 @@ pub(super) struct Pipeline {
     uncommitted: BTreeMap<Partition, i64>,
     /// Per partition, the state confirmed since its last checkpoint event.
     checkpoints: BTreeMap<Partition, Unpublished>,
+    /// Checkpoint events on their way; no commit until they are acknowledged.
+    publishing: Option<Publishing>,
+    /// When the oldest batch of what `uncommitted` holds became durable.
+    uncommitted_since: Option<Instant>,
     /// The last cycle failed on something consumption must wait for (SQL, Redis, DLQ, the
     /// output topic): partitions stay paused until a cycle gets through.
     waiting: bool,
@@ -154,6 +164,25 @@ struct Sealed {
     /// The answer once it came, by source (`topic/partition`).
     states: Option<BTreeMap<String, SealedState>>,
     since: Instant,
+    /// When the answer came.
+    durable_at: Option<Instant>,
+    /// Per partition, its confirmation once produced, until Kafka acknowledges it (then the
+    /// partition's records leave `records`).
+    confirming: BTreeMap<Partition, Confirming>,
+}
+
+/// A partition's confirmation of a sealed batch, produced and not acknowledged yet.
+struct Confirming {
+    template: Confirmation,
+    items: Vec<ConfirmedItem>,
+    flight: InFlight,
+}
+
+/// Checkpoint events produced and not acknowledged yet; what they carry goes back to
+/// `checkpoints` if their delivery fails.
+struct Publishing {
+    checkpoints: Vec<(Partition, Unpublished)>,
+    flight: InFlight,
 }
 
 /// A partition's newest confirmed state that no checkpoint event carries yet.
@@ -184,6 +213,8 @@ impl Pipeline {
             dead_letters: Vec::new(),
             uncommitted: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
+            publishing: None,
+            uncommitted_since: None,
             waiting: false,
             paused: false,
             retry_at: None,

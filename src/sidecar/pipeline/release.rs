@@ -25,6 +25,9 @@ impl Pipeline {
         self.dead_letters.retain(|l| !revoked.contains(&l.source));
         for partition in revoked {
             let unsealed = self.pending.remove(partition).into_iter();
+            for batch in &mut self.sealed {
+                batch.confirming.remove(partition);
+            }
             let sealed = self
                 .sealed
                 .iter_mut()
@@ -69,6 +72,7 @@ impl Pipeline {
             && self.sealed.is_empty()
             && self.uncommitted.is_empty()
             && self.checkpoints.is_empty()
+            && self.publishing.is_none()
     }
 
     /// Judges whether the pipeline is stalled (a fatal SQL error in a batch or in the cycle's
