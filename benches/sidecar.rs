@@ -68,6 +68,14 @@
 //! metrics are recorded in both arms: this measures serving them, not recording them.
 //! Unset (or `0`), the bench is unchanged.
 //!
+//! With `SYNC_ENGINE_BENCH_BASELINE=<path of another sync-engine binary>` (e.g. one built
+//! from the previous commit and copied aside) the bench runs only a comparison: pairs of
+//! throughput runs of one N (under `cargo bench` N = 200 000 and 5 pairs), the baseline and
+//! this build in alternating order, then two pairs of latency runs at one rate (half the
+//! baseline's median steady throughput); it prints both medians, their ratio and the median of
+//! the per-pair ratios, the sidecar's CPU per item, and each latency run's p50/p99. The
+//! machine's noise moves both sides of a pair alike, so the per-pair ratios are the figure.
+//!
 //! With `SYNC_ENGINE_BENCH_SOAK=<records>` (e.g. `2000000`) the bench runs only a memory soak:
 //! the records are produced first, then one sidecar with the shipped tuning works them off
 //! while its RSS is sampled every second; it prints the curve, the peak and whether it stayed
@@ -412,13 +420,15 @@ impl ThroughputRun {
     }
 }
 
-/// `scrape`: with a [`Scraper`] from spawn to all confirmed.
+/// `scrape`: with a [`Scraper`] from spawn to all confirmed. `binary`: the `sync-engine` to
+/// run ([`SIDECAR`], or a baseline to compare with).
 async fn throughput_run(
     env: &Env,
     label: &str,
     n: usize,
     flush: Tuning,
     scrape: bool,
+    binary: &str,
 ) -> ThroughputRun {
     let pipe = Pipe::new(env, label, None).await;
     let records: Vec<_> = (0..n as u64)
@@ -430,7 +440,7 @@ async fn throughput_run(
 
     let reader = ConfirmationReader::start(&pipe.pipeline);
     let start = Instant::now();
-    let mut sidecar = pipe.start(env, flush, "");
+    let mut sidecar = pipe.start_binary(env, flush, "", binary);
     let scraper = scrape.then(|| Scraper::start(sidecar.log_path()));
     let backlog = reader
         .all_confirmed(env, label, &mut sidecar, start, n)
@@ -543,11 +553,18 @@ impl LatencyRun {
     }
 }
 
-async fn latency_run(env: &Env, label: &str, rate: f64, secs: u64, flush: Tuning) -> LatencyRun {
+async fn latency_run(
+    env: &Env,
+    label: &str,
+    rate: f64,
+    secs: u64,
+    flush: Tuning,
+    binary: &str,
+) -> LatencyRun {
     let pipe = Pipe::new(env, label, None).await;
     let producer = pipe.pipeline.producer();
     let reader = ConfirmationReader::start(&pipe.pipeline);
-    let mut sidecar = pipe.start(env, flush, "");
+    let mut sidecar = pipe.start_binary(env, flush, "", binary);
 
     // warm-up: the group has joined and a checkpoint has gone through
     let warmup = (0..WARMUP_RECORDS as u64).map(|i| record(format!("warm.{i:08}"), payload(i)));
@@ -848,6 +865,9 @@ async fn bench(env: &Env, sizes: Sizes) {
         ScrapeMode::On => true,
         ScrapeMode::Compare => return compare_scraped(env, sizes).await,
     };
+    if let Some(baseline) = baseline_binary() {
+        return compare_baseline(env, sizes, &baseline).await;
+    }
     if let Some(n) = soak_records() {
         return soak(env, n).await;
     }
@@ -865,7 +885,7 @@ async fn bench(env: &Env, sizes: Sizes) {
     let (mut engine_serial, mut engine_pipelined, mut engine_sql_only) =
         (Vec::new(), Vec::new(), Vec::new());
     for run in 0..sizes.runs {
-        let t = throughput_run(env, &format!("tp{run}"), n, DEFAULT_TUNING, scrape).await;
+        let t = throughput_run(env, &format!("tp{run}"), n, DEFAULT_TUNING, scrape, SIDECAR).await;
         t.print(&format!("sidecar run {}", run + 1));
         runs.push(t);
         let r = raw.run(env, run, n).await;
@@ -915,7 +935,7 @@ async fn bench(env: &Env, sizes: Sizes) {
                 },
             ),
         ] {
-            let t = throughput_run(env, label, n, flush, scrape).await;
+            let t = throughput_run(env, label, n, flush, scrape, SIDECAR).await;
             t.print(&format!(
                 "variant batch_flush_count = {}, batch_flush_bytes = {}",
                 flush.count, flush.bytes
@@ -953,7 +973,7 @@ async fn bench(env: &Env, sizes: Sizes) {
             quarter,
         ),
     ] {
-        let l = latency_run(env, label, rate, sizes.latency_secs, tuning).await;
+        let l = latency_run(env, label, rate, sizes.latency_secs, tuning, SIDECAR).await;
         l.print();
         latencies.push(l);
     }
@@ -1260,7 +1280,7 @@ async fn compare_scraped(env: &Env, sizes: Sizes) {
     for pair in 0..sizes.scrape_pairs {
         for scraped in [false, true] {
             let label = format!("{}{pair}", if scraped { "sc" } else { "un" });
-            let t = throughput_run(env, &label, n, DEFAULT_TUNING, scraped).await;
+            let t = throughput_run(env, &label, n, DEFAULT_TUNING, scraped, SIDECAR).await;
             t.print(&format!(
                 "pair {} {}",
                 pair + 1,
@@ -1339,6 +1359,145 @@ async fn compare_scraped(env: &Env, sizes: Sizes) {
     );
     println!("{}", machine_line(&load_before, started));
     println!("==================================================================");
+}
+
+// ---------------------------------------------------------------------------------------
+// SYNC_ENGINE_BENCH_BASELINE=<binary>
+
+const BASELINE_ENV: &str = "SYNC_ENGINE_BENCH_BASELINE";
+
+fn baseline_binary() -> Option<String> {
+    let path = std::env::var(BASELINE_ENV).ok().filter(|p| !p.is_empty())?;
+    assert!(
+        Path::new(&path).is_file(),
+        "{BASELINE_ENV}={path}: no such file"
+    );
+    Some(path)
+}
+
+/// Pairs of throughput runs of the same N, a baseline binary and this build in alternating
+/// order, then pairs of latency runs at one rate (half the baseline's median steady
+/// throughput); medians, ratios and per-pair ratios.
+async fn compare_baseline(env: &Env, sizes: Sizes, baseline: &str) {
+    let n = sizes.scrape_n;
+    let load_before = loadavg();
+    let started = Instant::now();
+    println!(
+        "sidecar bench, {BASELINE_ENV}: {} pairs of throughput runs (baseline {baseline}, this build {SIDECAR}), \
+         N = {n} records of {ITEM_BYTES} B, {PARTITIONS} partitions, then {} pairs of latency runs",
+        sizes.scrape_pairs,
+        sizes.runs.min(2)
+    );
+    // (baseline, this build) per pair
+    let mut pairs: Vec<(ThroughputRun, ThroughputRun)> = Vec::new();
+    for pair in 0..sizes.scrape_pairs {
+        let run = |this: bool| {
+            let label = format!("{}{pair}", if this { "bt" } else { "bb" });
+            let binary = if this { SIDECAR } else { baseline };
+            async move {
+                let t = throughput_run(env, &label, n, DEFAULT_TUNING, false, binary).await;
+                let name = if this { "this build" } else { "baseline  " };
+                t.print(&format!("pair {} {name}", pair + 1));
+                t
+            }
+        };
+        // alternate which goes first, so a drift of the machine does not favour one side
+        let (base, this) = if pair % 2 == 0 {
+            let b = run(false).await;
+            (b, run(true).await)
+        } else {
+            let t = run(true).await;
+            (run(false).await, t)
+        };
+        pairs.push((base, this));
+    }
+    let steady = |r: &ThroughputRun| r.backlog.steady();
+    let rate = |r: &ThroughputRun| r.backlog.rate();
+    let half = median(&pairs.iter().map(|(b, _)| steady(b)).collect::<Vec<_>>()) / 2.0;
+    let mut latencies: Vec<(LatencyRun, LatencyRun)> = Vec::new();
+    for pair in 0..sizes.runs.min(2) {
+        let run = |this: bool| {
+            let label = format!("lt{}{pair}", if this { "t" } else { "b" });
+            let binary = if this { SIDECAR } else { baseline };
+            async move {
+                let l = latency_run(
+                    env,
+                    &label,
+                    half,
+                    sizes.latency_secs,
+                    DEFAULT_TUNING,
+                    binary,
+                )
+                .await;
+                let name = if this { "this build" } else { "baseline  " };
+                println!("  latency pair {} {name}:", pair + 1);
+                l.print();
+                l
+            }
+        };
+        let (base, this) = if pair % 2 == 0 {
+            let b = run(false).await;
+            (b, run(true).await)
+        } else {
+            let t = run(true).await;
+            (run(false).await, t)
+        };
+        latencies.push((base, this));
+    }
+
+    println!();
+    println!("============= sidecar bench: this build vs a baseline =============");
+    println!(
+        "N = {n} × {ITEM_BYTES} B, {PARTITIONS} partitions, {} interleaved pairs, pipeline of \
+         pipelines/default.toml",
+        pairs.len()
+    );
+    println!("baseline: {baseline}\nthis build: {SIDECAR}");
+    for (name, f) in [
+        ("end-to-end", &rate as &dyn Fn(&ThroughputRun) -> f64),
+        ("steady", &steady),
+    ] {
+        let base: Vec<f64> = pairs.iter().map(|(b, _)| f(b)).collect();
+        let this: Vec<f64> = pairs.iter().map(|(_, t)| f(t)).collect();
+        let ratios: Vec<f64> = pairs.iter().map(|(b, t)| f(t) / f(b)).collect();
+        println!(
+            "   {name:<10} baseline {:>6.0} items/s (runs: {})   this build {:>6.0} items/s (runs: {})",
+            median(&base),
+            list(&base, 0),
+            median(&this),
+            list(&this, 0)
+        );
+        println!(
+            "   {name:<10} this / baseline = {:.3} (medians); per pair: {} → median {:.3}",
+            median(&this) / median(&base),
+            list(&ratios, 3),
+            median(&ratios)
+        );
+    }
+    let us = |this: bool| {
+        let v: Vec<f64> = pairs
+            .iter()
+            .map(|(b, t)| if this { t } else { b }.sidecar_us())
+            .collect();
+        median(&v)
+    };
+    println!(
+        "   sidecar CPU (steady window): baseline {:.1} µs/item, this build {:.1} µs/item (medians)",
+        us(false),
+        us(true)
+    );
+    for (pair, (base, this)) in latencies.iter().enumerate() {
+        println!(
+            "   latency at {half:.0}/s, pair {}: baseline p50 {:.1} ms, p99 {:.1} ms | this build p50 {:.1} ms, p99 {:.1} ms",
+            pair + 1,
+            base.p(50.0),
+            base.p(99.0),
+            this.p(50.0),
+            this.p(99.0)
+        );
+    }
+    println!("{}", machine_line(&load_before, started));
+    println!("===================================================================");
 }
 
 // ---------------------------------------------------------------------------------------
