@@ -1375,6 +1375,30 @@ fn baseline_binary() -> Option<String> {
     Some(path)
 }
 
+/// The binary and the name of one side of a pair: this build (`true`) or the baseline.
+fn side(this: bool, baseline: &str) -> (&str, &'static str) {
+    if this {
+        (SIDECAR, "this build")
+    } else {
+        (baseline, "baseline  ")
+    }
+}
+
+/// One run of each side, `(baseline, this build)`; the baseline goes first in even pairs, so
+/// a drift of the machine does not favour one side.
+async fn both<T, F: std::future::Future<Output = T>>(
+    pair: usize,
+    run: impl Fn(bool) -> F,
+) -> (T, T) {
+    if pair % 2 == 0 {
+        let base = run(false).await;
+        (base, run(true).await)
+    } else {
+        let this = run(true).await;
+        (run(false).await, this)
+    }
+}
+
 /// Pairs of throughput runs of the same N, a baseline binary and this build in alternating
 /// order, then pairs of latency runs at one rate (half the baseline's median steady
 /// throughput); medians, ratios and per-pair ratios.
@@ -1393,23 +1417,14 @@ async fn compare_baseline(env: &Env, sizes: Sizes, baseline: &str) {
     for pair in 0..sizes.scrape_pairs {
         let run = |this: bool| {
             let label = format!("{}{pair}", if this { "bt" } else { "bb" });
-            let binary = if this { SIDECAR } else { baseline };
+            let (binary, name) = side(this, baseline);
             async move {
                 let t = throughput_run(env, &label, n, DEFAULT_TUNING, false, binary).await;
-                let name = if this { "this build" } else { "baseline  " };
                 t.print(&format!("pair {} {name}", pair + 1));
                 t
             }
         };
-        // alternate which goes first, so a drift of the machine does not favour one side
-        let (base, this) = if pair % 2 == 0 {
-            let b = run(false).await;
-            (b, run(true).await)
-        } else {
-            let t = run(true).await;
-            (run(false).await, t)
-        };
-        pairs.push((base, this));
+        pairs.push(both(pair, run).await);
     }
     let steady = |r: &ThroughputRun| r.backlog.steady();
     let rate = |r: &ThroughputRun| r.backlog.rate();
@@ -1418,31 +1433,16 @@ async fn compare_baseline(env: &Env, sizes: Sizes, baseline: &str) {
     for pair in 0..sizes.runs.min(2) {
         let run = |this: bool| {
             let label = format!("lt{}{pair}", if this { "t" } else { "b" });
-            let binary = if this { SIDECAR } else { baseline };
+            let (binary, name) = side(this, baseline);
             async move {
-                let l = latency_run(
-                    env,
-                    &label,
-                    half,
-                    sizes.latency_secs,
-                    DEFAULT_TUNING,
-                    binary,
-                )
-                .await;
-                let name = if this { "this build" } else { "baseline  " };
+                let secs = sizes.latency_secs;
+                let l = latency_run(env, &label, half, secs, DEFAULT_TUNING, binary).await;
                 println!("  latency pair {} {name}:", pair + 1);
                 l.print();
                 l
             }
         };
-        let (base, this) = if pair % 2 == 0 {
-            let b = run(false).await;
-            (b, run(true).await)
-        } else {
-            let t = run(true).await;
-            (run(false).await, t)
-        };
-        latencies.push((base, this));
+        latencies.push(both(pair, run).await);
     }
 
     println!();
