@@ -146,13 +146,7 @@ impl Pipeline {
         let mut confirmed = false;
         // 2–3. the oldest batch durable, its DLQ records acknowledged, its confirmations out
         while self.confirm_oldest(wait)? {
-            let batch = self
-                .sealed
-                .pop_front()
-                .expect("the oldest batch was confirmed");
-            if let Some(t) = batch.durable_at {
-                self.uncommitted_since.get_or_insert(t);
-            }
+            self.sealed.pop_front();
             confirmed = true;
             wait = all;
             // 4. the checkpoint events this batch made due, before the next batch moves
@@ -432,6 +426,9 @@ impl Pipeline {
         unpublished.checkpoint.item_count = template.item_count;
         unpublished.batches += 1;
         self.uncommitted.insert(partition.clone(), last_offset + 1);
+        if let Some(t) = self.sealed[0].durable_at {
+            self.uncommitted_since.get_or_insert(t);
+        }
         self.sealed[0].records.remove(partition);
     }
 
