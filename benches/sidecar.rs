@@ -42,7 +42,10 @@
 //!    the SQL and Redis shares are reported too. Also the engine alone, in this process (no
 //!    Kafka), with the sidecar's settings: N submits and `flush()` every 1000 (the sidecar's
 //!    checkpoint pattern), N submits and one `flush()` (writes overlap submits), and the
-//!    first pattern without Redis (the SQL share of the engine's write path).
+//!    first pattern without Redis (the SQL share of the engine's write path). And, SQL only
+//!    with one `flush()`: one engine against two engines on one database writing interleaved
+//!    halves of the ids at once (each its own writer and connection; both write partition
+//!    `local`, so they share its Merkle bucket rows): what parallel SQL transactions gain here.
 //! 4. **Where the time goes.** During each steady window, CPU time (utime + stime from
 //!    `/proc`) of the sidecar (and its busiest threads), tansu, mariadbd, redis-server and
 //!    the bench process, and the machine's busy and iowait share from `/proc/stat`. Two more
@@ -806,12 +809,23 @@ impl Raw {
 // ---------------------------------------------------------------------------------------
 // the engine alone, in this process (no Kafka)
 
-/// Submits N items (built from payload bytes inside the clock, as the sidecar does) to an
-/// engine on MariaDB + Redis with the sidecar's settings and waits until they are durable.
-/// `serial`: `flush()` after every `batch_flush_count` submits, the sidecar's checkpoint
-/// pattern without Kafka; otherwise one `flush()` at the end (submits overlap the writes).
-/// Without `redis`, the engine has no L2 (SQL only).
-async fn engine_run(env: &Env, label: &str, n: usize, serial: bool, redis: bool) -> Duration {
+/// Submits N items (built from payload bytes inside the clock, as the sidecar does) to
+/// `engines` engines on one MariaDB database (+ Redis) with the sidecar's settings and waits
+/// until they are durable. `serial`: `flush()` after every `batch_flush_count` submits, the
+/// sidecar's checkpoint pattern without Kafka; otherwise one `flush()` at the end (submits
+/// overlap the writes). Without `redis`, the engines have no L2 (SQL only). With more than one
+/// engine, each writes every `engines`-th id (interleaved, so their new rows share index
+/// gaps) at the same time on its own writer and SQL connection: what parallel SQL
+/// transactions gain on this machine. All write partition `local`, so they also share its
+/// Merkle bucket rows (a worst case for parallel writers).
+async fn engine_run(
+    env: &Env,
+    label: &str,
+    n: usize,
+    serial: bool,
+    redis: bool,
+    engines: usize,
+) -> Duration {
     let db = env.create_database(label).await;
     let prefix = env.prefix(label);
     let config = SyncEngineConfig {
@@ -824,29 +838,51 @@ async fn engine_run(env: &Env, label: &str, n: usize, serial: bool, redis: bool)
         l3_filter: false,
         ..Default::default()
     };
-    let (_tx, rx) = watch::channel(config.clone());
-    let mut engine = SyncEngine::new(config, rx);
-    engine.start().await.expect("engine starts");
-    let payloads: Vec<Vec<u8>> = (0..n as u64).map(payload).collect();
+    let mut started = Vec::new();
+    for _ in 0..engines {
+        let (tx, rx) = watch::channel(config.clone());
+        let mut engine = SyncEngine::new(config.clone(), rx);
+        engine.start().await.expect("engine starts");
+        started.push((tx, engine));
+    }
+    // per engine, its (index, payload) pairs
+    let mut shares: Vec<Vec<(usize, Vec<u8>)>> = vec![Vec::new(); engines];
+    for k in 0..n {
+        shares[k % engines].push((k, payload(k as u64)));
+    }
     let count = DEFAULT_TUNING.count;
     let start = Instant::now();
-    for (c, chunk) in payloads.chunks(count).enumerate() {
-        for (i, bytes) in chunk.iter().enumerate() {
-            let k = c * count + i;
-            let item = SyncItem::new(format!("item.{k:08}"), bytes.clone());
-            engine
-                .submit(item.with_version(k as u64 + 1))
-                .await
-                .expect("submit");
-        }
-        if serial {
-            engine.flush().await.expect("flush");
-        }
+    let writers: Vec<_> = started
+        .into_iter()
+        .zip(shares)
+        .map(|((tx, engine), share)| {
+            tokio::spawn(async move {
+                for chunk in share.chunks(count) {
+                    for (k, bytes) in chunk {
+                        let item = SyncItem::new(format!("item.{k:08}"), bytes.clone());
+                        engine
+                            .submit(item.with_version(*k as u64 + 1))
+                            .await
+                            .expect("submit");
+                    }
+                    if serial {
+                        engine.flush().await.expect("flush");
+                    }
+                }
+                engine.flush().await.expect("flush");
+                (tx, engine)
+            })
+        })
+        .collect();
+    let mut finished = Vec::new();
+    for writer in writers {
+        finished.push(writer.await.expect("a writer task"));
     }
-    engine.flush().await.expect("flush");
     let elapsed = start.elapsed();
-    engine.shutdown().await;
-    drop(engine);
+    for (_tx, engine) in &finished {
+        engine.shutdown().await;
+    }
+    drop(finished);
     let keys = env.unlink_prefix(&prefix).await.unwrap_or(0);
     // + 1 state set + the Merkle mirror of partition `local`
     if redis && keys != n + 2 {
@@ -884,6 +920,8 @@ async fn bench(env: &Env, sizes: Sizes) {
     let (mut runs, mut raws) = (Vec::new(), Vec::new());
     let (mut engine_serial, mut engine_pipelined, mut engine_sql_only) =
         (Vec::new(), Vec::new(), Vec::new());
+    // SQL only, pipelined: one engine, two engines on one database at once
+    let (mut sql_one, mut sql_two) = (Vec::new(), Vec::new());
     for run in 0..sizes.runs {
         let t = throughput_run(env, &format!("tp{run}"), n, DEFAULT_TUNING, scrape, SIDECAR).await;
         t.print(&format!("sidecar run {}", run + 1));
@@ -897,9 +935,13 @@ async fn bench(env: &Env, sizes: Sizes) {
             r.redis.as_secs_f64()
         );
         raws.push(r);
-        let serial = engine_run(env, &format!("es{run}"), n, true, true).await;
-        let pipelined = engine_run(env, &format!("ep{run}"), n, false, true).await;
-        let sql_only = engine_run(env, &format!("eq{run}"), n, true, false).await;
+        let serial = engine_run(env, &format!("es{run}"), n, true, true, 1).await;
+        let pipelined = engine_run(env, &format!("ep{run}"), n, false, true, 1).await;
+        let sql_only = engine_run(env, &format!("eq{run}"), n, true, false, 1).await;
+        let one = engine_run(env, &format!("e1{run}"), n, false, false, 1).await;
+        let two = engine_run(env, &format!("e2{run}"), n, false, false, 2).await;
+        sql_one.push(n as f64 / one.as_secs_f64());
+        sql_two.push(n as f64 / two.as_secs_f64());
         println!(
             "  engine alone run {}: {:.0} items/s serial (flush every {}), {:.0} items/s pipelined, \
              {:.0} items/s serial without Redis",
@@ -912,6 +954,13 @@ async fn bench(env: &Env, sizes: Sizes) {
         engine_serial.push(n as f64 / serial.as_secs_f64());
         engine_pipelined.push(n as f64 / pipelined.as_secs_f64());
         engine_sql_only.push(n as f64 / sql_only.as_secs_f64());
+        println!(
+            "  SQL only, pipelined, run {}: {:.0} items/s one engine, {:.0} items/s two engines \
+             on one database at once (interleaved ids)",
+            run + 1,
+            sql_one[run],
+            sql_two[run]
+        );
     }
     raw.finish(env).await;
 
@@ -1127,6 +1176,15 @@ async fn bench(env: &Env, sizes: Sizes) {
         list(&engine_serial, 0),
         list(&engine_pipelined, 0),
         list(&engine_sql_only, 0)
+    );
+    println!(
+        "   SQL in parallel   {:>8.0} items/s one engine, {:.0} items/s two engines on one database \
+         (SQL only, pipelined, interleaved ids) → {:.2}×   runs: {} / {}",
+        median(&sql_one),
+        median(&sql_two),
+        median(&sql_two) / median(&sql_one),
+        list(&sql_one, 0),
+        list(&sql_two, 0)
     );
     println!("4. where the time goes (steady window, % of one core, medians over runs)");
     println!(
