@@ -139,10 +139,11 @@ struct Sizes {
     runs: usize,
     latency_secs: u64,
     variants: bool,
-    /// Records per run and (unscraped, scraped) pairs of runs under
-    /// `SYNC_ENGINE_BENCH_SCRAPE=compare`.
-    scrape_n: usize,
-    scrape_pairs: usize,
+    /// Records per run and pairs of runs of the comparisons: (unscraped, scraped) under
+    /// `SYNC_ENGINE_BENCH_SCRAPE=compare`, (baseline, this build) under
+    /// `SYNC_ENGINE_BENCH_BASELINE`.
+    compare_n: usize,
+    compare_pairs: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -150,8 +151,8 @@ const FULL: Sizes = Sizes {
     runs: 3,
     latency_secs: 15,
     variants: true,
-    scrape_n: 200_000,
-    scrape_pairs: 5,
+    compare_n: 200_000,
+    compare_pairs: 5,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -159,8 +160,8 @@ const SMOKE: Sizes = Sizes {
     runs: 1,
     latency_secs: 3,
     variants: false,
-    scrape_n: 2000,
-    scrape_pairs: 1,
+    compare_n: 2000,
+    compare_pairs: 1,
 };
 
 /// Nearest-rank percentile of sorted values.
@@ -1325,17 +1326,17 @@ fn draw(
 
 /// Throughput runs of the same N, unscraped and scraped alternately; both medians and ratios.
 async fn compare_scraped(env: &Env, sizes: Sizes) {
-    let n = sizes.scrape_n;
+    let n = sizes.compare_n;
     let load_before = loadavg();
     let started = Instant::now();
     println!(
         "sidecar bench, {SCRAPE_ENV}=compare: {} (unscraped, scraped) pairs of throughput runs, \
          N = {n} records of {ITEM_BYTES} B, {PARTITIONS} partitions, /metrics every {} s; binary {SIDECAR}",
-        sizes.scrape_pairs,
+        sizes.compare_pairs,
         SCRAPE_EVERY.as_secs()
     );
     let mut runs: Vec<ThroughputRun> = Vec::new();
-    for pair in 0..sizes.scrape_pairs {
+    for pair in 0..sizes.compare_pairs {
         for scraped in [false, true] {
             let label = format!("{}{pair}", if scraped { "sc" } else { "un" });
             let t = throughput_run(env, &label, n, DEFAULT_TUNING, scraped, SIDECAR).await;
@@ -1376,7 +1377,7 @@ async fn compare_scraped(env: &Env, sizes: Sizes) {
         "N = {n} × {ITEM_BYTES} B, {PARTITIONS} partitions, {} interleaved pairs (unscraped, scraped), \
          pipeline of pipelines/default.toml; scraped: GET /metrics every {} s from the logged endpoint \
          to all N confirmed",
-        sizes.scrape_pairs,
+        sizes.compare_pairs,
         SCRAPE_EVERY.as_secs()
     );
     for (name, f) in [
@@ -1461,18 +1462,18 @@ async fn both<T, F: std::future::Future<Output = T>>(
 /// order, then pairs of latency runs at one rate (half the baseline's median steady
 /// throughput); medians, ratios and per-pair ratios.
 async fn compare_baseline(env: &Env, sizes: Sizes, baseline: &str) {
-    let n = sizes.scrape_n;
+    let n = sizes.compare_n;
     let load_before = loadavg();
     let started = Instant::now();
     println!(
         "sidecar bench, {BASELINE_ENV}: {} pairs of throughput runs (baseline {baseline}, this build {SIDECAR}), \
          N = {n} records of {ITEM_BYTES} B, {PARTITIONS} partitions, then {} pairs of latency runs",
-        sizes.scrape_pairs,
+        sizes.compare_pairs,
         sizes.runs.min(2)
     );
     // (baseline, this build) per pair
     let mut pairs: Vec<(ThroughputRun, ThroughputRun)> = Vec::new();
-    for pair in 0..sizes.scrape_pairs {
+    for pair in 0..sizes.compare_pairs {
         let run = |this: bool| {
             let label = format!("{}{pair}", if this { "bt" } else { "bb" });
             let (binary, name) = side(this, baseline);
